@@ -1,0 +1,156 @@
+"""The parameterised microscope the AD reconstructor fits: unknowns, their units, and the images they make.
+
+Every unknown is stored in a unit that makes one step of size ~1 meaningful, because L-BFGS sees all of
+them through one gradient:
+
+- phase = phase0 + P c, with P a Fourier preconditioner 1 + (q0/q)^2 that boosts low frequencies (they
+  otherwise converge slowly); c in rad.
+- amplitude = amplitude0 exp(a).
+- defocus_n = base_n + unit_n r_n, unit_n = 1e-3 |base_n| (1 um at least); images with base 0 are pinned.
+- theta_c = theta_c0 exp(t).
+- astigmatism (a_c, a_s) = 1e-7 m (u, v).
+- shifts (dy, dx) in pixels; the reference image is pinned, and the component proportional to
+  (df_n - df_ref) is projected out: a phase ramp shifts each image by lambda df q0, so that component
+  cannot be told apart from a linear phase ramp, and we attribute it to the phase.
+- scale_n = exp(k_n), the per-image intensity scale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ltemlive.optics.forward import ImageModel
+
+ASTIG_UNIT_M = 1e-7
+DEFOCUS_REL_UNIT = 1e-3
+DEFOCUS_MIN_UNIT_M = 1e-6
+
+
+class SeriesModel(torch.nn.Module):
+    def __init__(
+        self,
+        image_model: ImageModel,
+        defocus_base_m,
+        *,
+        phase0: torch.Tensor,
+        amplitude0: torch.Tensor,
+        theta_c0: float,
+        astig0: tuple[float, float] = (0.0, 0.0),
+        shifts0: torch.Tensor | None = None,
+        log_scales0: torch.Tensor | None = None,
+        preconditioner_q0: float = 0.02,
+        reference: int = 0,
+    ):
+        super().__init__()
+        im = image_model
+        self.im = im
+        dt, dev = im.dtype, im.device
+        n = len(defocus_base_m)
+        self.n = n
+        self.reference = reference
+        base = torch.as_tensor(defocus_base_m, dtype=torch.float64)
+        self.register_buffer("defocus_base", base.to(dev, dt))
+        unit = torch.clamp(base.abs() * DEFOCUS_REL_UNIT, min=DEFOCUS_MIN_UNIT_M)
+        self.register_buffer("defocus_unit", unit.to(dev, dt))
+        self.register_buffer("defocus_free", (base != 0).to(dev, dt))
+        self.theta_c0 = float(max(theta_c0, 1e-9))
+        # The unknown maps live on the whole padded grid under `extend` (the margin is fitted too).
+        grid_shape = im.padded_shape if im.padding == "extend" else im.shape
+        if phase0.shape == im.shape and grid_shape != im.shape:
+            phase0, amplitude0 = im.pad(phase0.to(dev, dt)), im.pad(amplitude0.to(dev, dt))
+        self.register_buffer("phase0", phase0.to(dev, dt))
+        self.register_buffer("amplitude0", amplitude0.to(dev, dt))
+        self.register_buffer("precond", _preconditioner(grid_shape, preconditioner_q0, dev, dt))
+
+        # Direction of the shift degeneracy: drift proportional to defocus == a phase ramp.
+        d = base - base[reference]
+        norm = torch.linalg.vector_norm(d)
+        self.register_buffer("degenerate", (d / norm if norm > 0 else d).to(dev, dt))
+
+        z = dict(device=dev, dtype=dt)
+        self.c = torch.nn.Parameter(torch.zeros(grid_shape, **z))
+        self.a = torch.nn.Parameter(torch.zeros(grid_shape, **z))
+        self.r = torch.nn.Parameter(torch.zeros(n, **z))
+        self.t = torch.nn.Parameter(torch.zeros((), **z))
+        self.astig_uv = torch.nn.Parameter(torch.tensor(astig0, **z) / ASTIG_UNIT_M)
+        self.s = torch.nn.Parameter(torch.zeros(n, 2, **z) if shifts0 is None else shifts0.to(dev, dt).clone())
+        self.k = torch.nn.Parameter(torch.zeros(n, **z) if log_scales0 is None else log_scales0.to(dev, dt).clone())
+        self._transfer_cache: torch.Tensor | None = None
+
+    # -- derived physical quantities ------------------------------------------------------------------
+    def phase(self) -> torch.Tensor:
+        corr = torch.fft.ifft2(torch.fft.fft2(self.c) * self.precond).real
+        return self.phase0 + corr
+
+    def phase_fov(self) -> torch.Tensor:
+        """The phase on the field of view (the camera frame)."""
+        p = self.phase()
+        return self.im.crop(p) if p.shape != self.im.shape else p
+
+    def amplitude_fov(self) -> torch.Tensor:
+        a = self.amplitude()
+        return self.im.crop(a) if a.shape != self.im.shape else a
+
+    def amplitude(self) -> torch.Tensor:
+        return self.amplitude0 * torch.exp(self.a)
+
+    def defocus(self) -> torch.Tensor:
+        return self.defocus_base + self.defocus_unit * self.r * self.defocus_free
+
+    def theta_c(self) -> torch.Tensor:
+        return self.theta_c0 * torch.exp(self.t)
+
+    def astig(self) -> torch.Tensor:
+        return self.astig_uv * ASTIG_UNIT_M
+
+    def shifts(self) -> torch.Tensor:
+        s = self.s - self.s[self.reference]
+        return s - self.degenerate[:, None] * (self.degenerate @ s)[None, :]
+
+    def scales(self) -> torch.Tensor:
+        return torch.exp(self.k)
+
+    # -- image formation ------------------------------------------------------------------------------
+    def transfer(self) -> torch.Tensor:
+        a = self.astig()
+        return self.im.transfer(self.defocus(), theta_c_rad=self.theta_c(), astig=(a[0], a[1]))
+
+    def freeze_optics(self, frozen: bool) -> None:
+        """Cache the transfer function while defocus, theta_c and astigmatism are not being changed."""
+        if frozen:
+            with torch.no_grad():
+                self._transfer_cache = self.transfer()
+        else:
+            self._transfer_cache = None
+
+    def forward(self) -> torch.Tensor:
+        t = self._transfer_cache if self._transfer_cache is not None else self.transfer()
+        spectrum = self.im.wave_spectrum(self.phase(), self.amplitude())
+        return self.im.propagate(spectrum, t, self.shifts()) * self.scales()[:, None, None]
+
+    # -- warm starts and re-basing --------------------------------------------------------------------
+    @torch.no_grad()
+    def rebase_defocus(self, new_base) -> None:
+        """Move the defocus origin (e.g. after a global scan) and reset the relative parameters."""
+        base = torch.as_tensor(new_base, dtype=self.defocus_base.dtype, device=self.defocus_base.device)
+        self.defocus_base.copy_(base)
+        self.defocus_unit.copy_(torch.clamp(base.abs() * DEFOCUS_REL_UNIT, min=DEFOCUS_MIN_UNIT_M))
+        self.r.zero_()
+
+    @torch.no_grad()
+    def set_phase(self, phase: torch.Tensor) -> None:
+        """Restart the phase from `phase` (on the model's grid, or on the field of view: then padded)."""
+        if phase.shape != self.phase0.shape:
+            phase = self.im.pad(phase)
+        self.phase0.copy_(phase)
+        self.c.zero_()
+
+
+def _preconditioner(shape, q0: float, device, dtype) -> torch.Tensor:
+    """1 + (q0/q)^2 with q in cycles per pixel (q = 0 left at 1: the mean phase is irrelevant)."""
+    h, w = shape
+    qy = torch.fft.fftfreq(h, device=device, dtype=torch.float64)[:, None]
+    qx = torch.fft.fftfreq(w, device=device, dtype=torch.float64)[None, :]
+    q2 = qx**2 + qy**2
+    p = torch.where(q2 > 0, 1 + q0**2 / q2.clamp_min(1e-30), torch.ones_like(q2))
+    return p.clamp_max(1e4 if q0 > 0 else 1).to(dtype)

@@ -1,0 +1,138 @@
+"""From raw images to what the fit needs: normalised data, hot pixels removed, a first registration,
+the starting amplitude and the TIE starting phase."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ltemlive.series import Series
+
+
+def normalise(series: Series) -> tuple[np.ndarray, np.ndarray]:
+    """Images divided so that an unscattered beam is ~1: by the dose when known, else by each mean.
+
+    Returns the normalised stack and the per-image divisor (so results can be mapped back to counts).
+    """
+    imgs = series.images.astype(np.float64)
+    if series.dose_e_per_px is not None:
+        div = np.full(series.n_images, float(series.dose_e_per_px))
+    else:
+        div = imgs.reshape(series.n_images, -1).mean(axis=1)
+        if (div <= 0).any():
+            raise ValueError("an image has a non-positive mean; give intensities or counts, not signed data")
+    return imgs / div[:, None, None], div
+
+
+def remove_hot_pixels(stack: np.ndarray, threshold: float = 8.0) -> tuple[np.ndarray, int]:
+    """Replace isolated outliers (dead or hot pixels) by the local median; returns the count replaced."""
+    out = stack.copy()
+    replaced = 0
+    for i, img in enumerate(stack):  # per image: a handful of images, each vectorised
+        med = ndimage.median_filter(img, size=3, mode="reflect")
+        resid = img - med
+        mad = np.median(np.abs(resid - np.median(resid))) * 1.4826 + 1e-12
+        bad = np.abs(resid) > threshold * mad + 0.5 * np.abs(med)
+        out[i][bad] = med[bad]
+        replaced += int(bad.sum())
+    return out, replaced
+
+
+def _band_pass(img: np.ndarray) -> np.ndarray:
+    g = ndimage.gaussian_filter(img, 1.0) - ndimage.gaussian_filter(img, 6.0)
+    win = np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
+    return (g - g.mean()) * win
+
+
+def cross_correlation_shift(moving: np.ndarray, fixed: np.ndarray, max_shift_px: float, sign: float = 1.0):
+    """Shift (dy, dx) of `moving` relative to `fixed` from the band-passed cross-correlation peak.
+
+    sign = -1 looks for inverted contrast: to first order in df (TIE), I(+df) - 1 = -(I(-df) - 1), so
+    images on opposite sides of focus correlate negatively.
+    """
+    h, w = fixed.shape
+    xc = np.fft.ifft2(np.fft.fft2(_band_pass(moving)) * np.fft.fft2(_band_pass(fixed)).conj()).real
+    xc = sign * np.fft.fftshift(xc)
+    cy, cx = h // 2, w // 2
+    r = int(min(max_shift_px, cy - 1, cx - 1))
+    win = xc[cy - r : cy + r + 1, cx - r : cx + r + 1]
+    py, px = np.unravel_index(np.argmax(win), win.shape)
+    dy, dx = _parabolic(win, py, px)
+    return py + dy - r, px + dx - r
+
+
+def register_pair(stack: np.ndarray, defocus_m: np.ndarray, max_shift_px: float = 16.0) -> np.ndarray:
+    """Initial shifts (dy, dx): the innermost +-df pair registered to each other (contrast inverted),
+    the others left at 0 until a model exists (Reconstructor registers them to its predicted images,
+    which have the same contrast as the data: images far from focus are displaced by local phase
+    gradients, so registering them directly to a near-focus image is biased)."""
+    shifts = np.zeros((stack.shape[0], 2))
+    ref = reference_index(defocus_m)
+    partner = _opposite_partner(defocus_m, ref)
+    if partner is not None:
+        shifts[partner] = cross_correlation_shift(stack[partner], stack[ref], max_shift_px, sign=-1.0)
+    return shifts
+
+
+def _opposite_partner(defocus_m: np.ndarray, ref: int) -> int | None:
+    opposite = [i for i in range(len(defocus_m)) if defocus_m[i] * defocus_m[ref] < 0]
+    if not opposite:
+        return None
+    return min(opposite, key=lambda i: abs(defocus_m[i]))
+
+
+def _parabolic(a: np.ndarray, y: int, x: int) -> tuple[float, float]:
+    def vertex(m, c, p):
+        den = m - 2 * c + p
+        return 0.0 if den == 0 else 0.5 * (m - p) / den
+
+    dy = vertex(a[y - 1, x], a[y, x], a[y + 1, x]) if 0 < y < a.shape[0] - 1 else 0.0
+    dx = vertex(a[y, x - 1], a[y, x], a[y, x + 1]) if 0 < x < a.shape[1] - 1 else 0.0
+    return dy, dx
+
+
+def fourier_shift(stack: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Shift each image by (dy, dx) pixels (positive moves features to larger index), periodic."""
+    h, w = stack.shape[1:]
+    qy = np.fft.fftfreq(h)[:, None]
+    qx = np.fft.fftfreq(w)[None, :]
+    ramp = np.exp(-2j * np.pi * (shifts[:, 0, None, None] * qy + shifts[:, 1, None, None] * qx))
+    return np.fft.ifft2(np.fft.fft2(stack) * ramp).real
+
+
+def in_focus_index(defocus_m: np.ndarray) -> int | None:
+    """The image taken at (nominally) zero defocus, if any."""
+    z = np.flatnonzero(np.abs(defocus_m) <= 1e-3 * np.abs(defocus_m).max())
+    return int(z[0]) if z.size else None
+
+
+def starting_amplitude(stack: np.ndarray, defocus_m: np.ndarray, blur_px: float = 1.0) -> np.ndarray:
+    """sqrt of the slightly blurred in-focus image; without one, of the mean of the innermost +-df pair
+    (I(+df) + I(-df) = 2 I0 + O(df^2)) blurred a little more."""
+    i0 = in_focus_index(defocus_m)
+    if i0 is not None:
+        base = stack[i0]
+    else:
+        order = np.argsort(np.abs(defocus_m))
+        pos = [i for i in order if defocus_m[i] > 0]
+        neg = [i for i in order if defocus_m[i] < 0]
+        if pos and neg:
+            base = 0.5 * (stack[pos[0]] + stack[neg[0]])
+            blur_px = 2 * blur_px
+        else:
+            return np.ones(stack.shape[1:])
+    return np.sqrt(np.clip(ndimage.gaussian_filter(base, blur_px, mode="reflect"), 1e-3, None))
+
+
+def reference_index(defocus_m: np.ndarray) -> int:
+    """The image whose shift is pinned to 0: the one closest to focus."""
+    return int(np.argmin(np.abs(defocus_m)))
+
+
+def has_symmetric_pair(defocus_m: np.ndarray, rtol: float = 0.05) -> bool:
+    """True when some +df and -df images have |df| equal within rtol."""
+    pos = defocus_m[defocus_m > 0]
+    neg = -defocus_m[defocus_m < 0]
+    if not pos.size or not neg.size:
+        return False
+    return bool((np.abs(pos[:, None] - neg[None, :]) <= rtol * np.maximum(pos[:, None], neg[None, :])).any())

@@ -1,0 +1,454 @@
+"""The AD reconstructor: fit the microscope to a through-focus series.
+
+Stages (each measured to help on simulated series; see docs/reconstruction.md):
+1. prepare: normalise, remove hot pixels, register, TIE starting phase, starting amplitude;
+2. warm-up: a few phase-only L-BFGS steps at the nominal optics (transfer function cached);
+3. defocus scan: one global defocus scale, scanned and fitted with a parabola (the phase rescaled to
+   keep df * phi, the quantity the images fix to first order);
+4. joint refinement, alternating two persistent L-BFGS optimisers: phase (and amplitude) with the
+   optics cached, then the optics (per-image defocus, theta_c, astigmatism, shifts, scales) with the
+   phase held; until the discrepancy or relative-change rule, or the iteration cap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ltemlive.optics.forward import ImageModel
+from ltemlive.reconstruct import prepare
+from ltemlive.reconstruct.config import ReconstructionConfig
+from ltemlive.reconstruct.loss import (
+    REGULARIZERS,
+    estimate_sqrt_noise_variance,
+    expected_misfit,
+    poisson_loss,
+    sqrt_gaussian_loss,
+)
+from ltemlive.reconstruct.model import SeriesModel
+from ltemlive.series import Series
+from ltemlive.tie import tie_reconstruct
+
+# Prior scale of the phase curvature (rad / px^2) in the MAP reading of the regulariser weight:
+# weight = reg_factor * 2 * sigma^2 / (N * CURVATURE_SCALE). Measured on the simulator's specimens.
+CURVATURE_SCALE = 0.02
+# Tikhonov cut-off of the starting TIE, cycles per pixel: TIE's 1/q^2 amplifies low-frequency noise.
+TIE_Q_CUT_PER_PX = 0.005
+
+
+@dataclass
+class Snapshot:
+    """The state of a running reconstruction, cheap to publish."""
+
+    iteration: int
+    stage: str
+    loss: float
+    data_loss: float
+    reg_loss: float
+    defocus_m: np.ndarray
+    theta_c_rad: float
+    astig_m: tuple[float, float]
+    shifts_px: np.ndarray
+    scales: np.ndarray
+    elapsed_s: float
+    phase: np.ndarray | None = None
+
+
+@dataclass
+class ReconstructionResult:
+    phase: np.ndarray
+    amplitude: np.ndarray
+    defocus_m: np.ndarray
+    defocus_sigma_m: np.ndarray
+    defocus_nominal_m: np.ndarray
+    theta_c_rad: float
+    theta_c_sigma_rad: float
+    astig_m: tuple[float, float]  # Cartesian (a_c, a_s)
+    shifts_px: np.ndarray
+    scales: np.ndarray
+    tie_phase: np.ndarray
+    history: list[dict]
+    stopped_because: str
+    iterations: int
+    elapsed_s: float
+    loss_kind: str
+    reg_weight: float
+    noise_level: float
+    padding: str
+    hot_pixels_replaced: int = 0
+    extras: dict = field(default_factory=dict)
+
+    def parameters(self) -> dict:
+        """The refined microscope parameters with uncertainties, in SI units (for parameters.yaml)."""
+        ac, as_ = self.astig_m
+        return {
+            "defocus_m": [float(d) for d in self.defocus_m],
+            "defocus_sigma_m": [float(s) for s in self.defocus_sigma_m],
+            "defocus_nominal_m": [float(d) for d in self.defocus_nominal_m],
+            "theta_c_rad": float(self.theta_c_rad),
+            "theta_c_sigma_rad": float(self.theta_c_sigma_rad),
+            "astig_m": float(math.hypot(ac, as_)),
+            "astig_azimuth_rad": float((0.5 * math.atan2(as_, ac)) % math.pi),
+            "shifts_px": [[float(v) for v in s] for s in self.shifts_px],
+            "intensity_scales": [float(s) for s in self.scales],
+            "loss": self.loss_kind,
+            "reg_weight": float(self.reg_weight),
+            "iterations": int(self.iterations),
+            "stopped_because": self.stopped_because,
+            "elapsed_s": float(self.elapsed_s),
+            "padding": self.padding,
+        }
+
+
+class Reconstructor:
+    """One reconstruction of one series. Call `run()`, or iterate `steps()` to watch it progress."""
+
+    def __init__(
+        self,
+        series: Series,
+        config: ReconstructionConfig | None = None,
+        *,
+        warm_start: ReconstructionResult | None = None,
+    ):
+        self.series = series
+        self.cfg = cfg = config or ReconstructionConfig()
+        if series.n_images < 2 and cfg.free.phase:
+            raise ValueError("a phase reconstruction needs at least two images at different defocus")
+        if len(set(np.round(series.defocus_m, 12))) < 2:
+            raise ValueError(f"defocus_m must contain at least two different values, got {series.defocus_m.tolist()}")
+        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        self.device = torch.device(cfg.device)
+        self.t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+
+        nominal = series.defocus_m
+        data, self.divisor = prepare.normalise(series)
+        data, self.hot_pixels = prepare.remove_hot_pixels(data)
+        self.reference = prepare.reference_index(nominal)
+
+        if warm_start is not None and warm_start.shifts_px.shape[0] == series.n_images:
+            shifts0 = warm_start.shifts_px
+        elif cfg.free.shifts:
+            shifts0 = prepare.register_pair(data, nominal)
+        else:
+            shifts0 = np.zeros((series.n_images, 2))
+        aligned = prepare.fourier_shift(data, -shifts0)
+        amplitude0 = prepare.starting_amplitude(aligned, nominal)
+
+        mic = series.microscope
+        if warm_start is not None:
+            tie_phase = warm_start.tie_phase
+            phase0 = warm_start.phase
+            defocus0 = np.where(
+                np.isin(np.arange(series.n_images), np.arange(len(warm_start.defocus_m))),
+                np.resize(warm_start.defocus_m, series.n_images),
+                nominal,
+            )
+            theta_c0 = warm_start.theta_c_rad
+            astig0 = warm_start.astig_m
+        else:
+            tie = tie_reconstruct(
+                np.clip(aligned, 1e-6, None),
+                nominal,
+                series.pixel_size_m,
+                mic.voltage_v,
+                # The innermost +-df pair is the most linear (TIE-like); a longer series is fitted otherwise.
+                method="symmetric" if prepare.has_symmetric_pair(nominal) else "least_squares",
+                tikhonov_q_cut=TIE_Q_CUT_PER_PX / series.pixel_size_m,
+            )
+            tie_phase = phase0 = tie.phase.cpu().numpy()
+            defocus0 = nominal
+            theta_c0 = mic.theta_c_rad
+            astig0 = (0.0, 0.0)
+        self.tie_phase = tie_phase
+
+        self.im = ImageModel(
+            series.shape,
+            series.pixel_size_m,
+            mic,
+            max_abs_defocus_m=float(np.abs(nominal).max()) * 1.3,
+            padding=cfg.padding,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)  # noqa: E731
+        self.data = t(data)
+        self.model = SeriesModel(
+            self.im,
+            defocus0,
+            phase0=t(phase0),
+            amplitude0=t(amplitude0),
+            theta_c0=theta_c0 if theta_c0 > 0 else 1e-6,
+            astig0=astig0,
+            shifts0=t(shifts0),
+            preconditioner_q0=cfg.preconditioner_q0,
+            reference=self.reference,
+        )
+        self.mask = self.im.valid_mask if cfg.padding == "zero" else None
+
+        # Loss and the regulariser weight, both from the noise level.
+        self.loss_kind = cfg.loss
+        if self.loss_kind == "auto":
+            self.loss_kind = "poisson" if series.dose_e_per_px is not None else "sqrt_gaussian"
+        if self.loss_kind == "poisson" and series.dose_e_per_px is None:
+            raise ValueError("loss='poisson' needs the dose (dose_e_per_px) of the series")
+        self.dose = series.dose_e_per_px
+        sqrt_var = 1.0 / (4 * self.dose) if self.dose else estimate_sqrt_noise_variance(self.data)
+        self.noise_level = expected_misfit(self.loss_kind, self.dose, sqrt_var)
+        if cfg.reg_weight == "auto":
+            sigma2 = sqrt_var  # variance-stabilised noise variance, the same for either loss
+            self.reg_weight = cfg.reg_factor * 2 * sigma2 / (series.n_images * CURVATURE_SCALE)
+        else:
+            self.reg_weight = float(cfg.reg_weight)
+        self.regularizer = REGULARIZERS.get(cfg.regularization)
+
+        self.history: list[dict] = []
+        self.iterations = 0
+        self.stopped_because = "not run"
+        self._last_loss = math.inf
+
+    # -- objective ------------------------------------------------------------------------------------
+    def data_loss(self, images: torch.Tensor) -> torch.Tensor:
+        if self.loss_kind == "poisson":
+            return poisson_loss(images, self.data, self.dose, self.mask)
+        return sqrt_gaussian_loss(images, self.data, self.mask)
+
+    def objective(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.data_loss(self.model())
+        r = self.regularizer(self.model.phase()) if self.regularizer and self.reg_weight > 0 else d.new_zeros(())
+        return d + self.reg_weight * r, d, r
+
+    def _lbfgs(self, params, max_iter: int) -> torch.optim.LBFGS:
+        return torch.optim.LBFGS(
+            params,
+            lr=1.0,
+            max_iter=max_iter,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-12,
+            tolerance_change=1e-14,
+        )
+
+    def _step(self, opt: torch.optim.Optimizer, params) -> float:
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            loss, _, _ = self.objective()
+            loss.backward()
+            return loss
+
+        for p in self.model.parameters():
+            p.requires_grad_(any(p is q for q in params))
+        opt.step(closure)
+        n_it = opt.state[opt._params[0]].get("n_iter", 0)
+        return n_it
+
+    # -- parameter groups -----------------------------------------------------------------------------
+    def phase_params(self) -> list[torch.nn.Parameter]:
+        m, f = self.model, self.cfg.free
+        return [p for p, on in ((m.c, f.phase), (m.a, f.amplitude)) if on]
+
+    def optics_params(self) -> list[torch.nn.Parameter]:
+        m, f = self.model, self.cfg.free
+        pairs = ((m.r, f.defocus), (m.t, f.theta_c), (m.astig_uv, f.astigmatism), (m.s, f.shifts), (m.k, f.scales))
+        return [p for p, on in pairs if on]
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def _record(self, stage: str) -> Snapshot:
+        with torch.no_grad():
+            loss, d, r = self.objective()
+        snap = self.snapshot(stage, float(loss), float(d), float(r))
+        self.history.append(
+            {
+                "iteration": self.iterations,
+                "stage": stage,
+                "loss": snap.loss,
+                "data_loss": snap.data_loss,
+                "reg_loss": snap.reg_loss,
+                "elapsed_s": snap.elapsed_s,
+            }
+        )
+        return snap
+
+    def snapshot(self, stage: str, loss: float, d: float, r: float, with_phase: bool = False) -> Snapshot:
+        m = self.model
+        with torch.no_grad():
+            a = m.astig()
+            return Snapshot(
+                iteration=self.iterations,
+                stage=stage,
+                loss=loss,
+                data_loss=d,
+                reg_loss=r,
+                defocus_m=m.defocus().double().cpu().numpy(),
+                theta_c_rad=float(m.theta_c()),
+                astig_m=(float(a[0]), float(a[1])),
+                shifts_px=m.shifts().cpu().numpy(),
+                scales=m.scales().cpu().numpy(),
+                elapsed_s=time.perf_counter() - self.t0,
+                phase=m.phase_fov().cpu().numpy() if with_phase else None,
+            )
+
+    def _scales_init(self) -> None:
+        """Per-image scales by least squares against the starting model, before anything else."""
+        with torch.no_grad():
+            self.model.k.zero_()
+            img = self.model()
+            ratio = (self.data * img).sum(dim=(1, 2)) / img.square().sum(dim=(1, 2))
+            self.model.k.copy_(torch.log(ratio.clamp_min(1e-6)))
+
+    @torch.no_grad()
+    def _register_to_model(self, max_shift_px: float = 16.0) -> None:
+        """Correct each image's shift by cross-correlating it with the model's prediction of it."""
+        m = self.model
+        pred = m().cpu().numpy()
+        data = self.data.cpu().numpy()
+        delta = np.zeros((m.n, 2))
+        for i in range(m.n):
+            if i != self.reference:
+                delta[i] = prepare.cross_correlation_shift(data[i], pred[i], max_shift_px)
+        m.s.add_(torch.as_tensor(delta, dtype=m.s.dtype, device=m.s.device))
+
+    def _scan_defocus_scale(self) -> None:
+        """Global defocus scale g: df = base (1 + g), phase / (1 + g); loss minimum by parabola."""
+        m = self.model
+        rng = self.cfg.defocus_scan_range
+        base = m.defocus().detach().clone()
+        phase = m.phase().detach().clone()
+        grid = np.linspace(-rng, rng, 13)
+        losses = []
+        with torch.no_grad():
+            for g in grid:
+                m.rebase_defocus(base * (1 + g))
+                m.set_phase(phase / (1 + g))
+                m.freeze_optics(True)
+                losses.append(float(self.objective()[0]))
+        i = int(np.argmin(losses))
+        g_best = grid[i]
+        if 0 < i < len(grid) - 1:
+            y0, y1, y2 = losses[i - 1], losses[i], losses[i + 1]
+            den = y0 - 2 * y1 + y2
+            if den > 0:
+                g_best = grid[i] + 0.5 * (y0 - y2) / den * (grid[1] - grid[0])
+        m.rebase_defocus(base * (1 + g_best))
+        m.set_phase(phase / (1 + g_best))
+        self.scan = {"grid": grid.tolist(), "loss": losses, "best": float(g_best)}
+
+    def steps(self) -> Iterator[Snapshot]:
+        """Run the reconstruction, yielding a snapshot after each block of iterations."""
+        cfg, m = self.cfg, self.model
+        self._scales_init()
+        yield self._record("start")
+        phase_params = self.phase_params()
+        optics_params = self.optics_params()
+        if not phase_params and not optics_params:
+            self.stopped_because = "nothing to refine"
+            return
+        phase_opt = self._lbfgs(phase_params, cfg.block_iter) if phase_params else None
+        optics_opt = self._lbfgs(optics_params, cfg.optics_iter) if optics_params else None
+
+        def phase_block():
+            m.freeze_optics(True)
+            before = self._n_iter(phase_opt)
+            self._step(phase_opt, phase_params)
+            self.iterations += max(self._n_iter(phase_opt) - before, 1)
+            m.freeze_optics(False)
+
+        # warm-up: the phase at the nominal optics, registering the images to the model before and after
+        if cfg.free.shifts:
+            self._register_to_model()
+        if phase_opt is not None:
+            phase_block()
+            yield self._record("warm-up")
+        if cfg.free.shifts:
+            self._register_to_model()
+            phase_opt = self._lbfgs(phase_params, cfg.block_iter) if phase_params else None
+        if cfg.free.defocus and cfg.defocus_scan:
+            self._scan_defocus_scale()
+            m.freeze_optics(False)
+            phase_opt = self._lbfgs(phase_params, cfg.block_iter) if phase_params else None
+            yield self._record("defocus scan")
+
+        prev = math.inf
+        while True:
+            if optics_opt is not None:
+                self._step(optics_opt, optics_params)
+                if phase_opt is None:
+                    self.iterations += cfg.optics_iter
+            if phase_opt is not None:
+                phase_block()
+            snap = self._record("refine")
+            yield snap
+            rel = (prev - snap.loss) / max(abs(snap.loss), 1e-30)
+            prev = snap.loss
+            if cfg.discrepancy > 0 and snap.data_loss <= cfg.discrepancy * self.noise_level:
+                self.stopped_because = "discrepancy"
+                break
+            if 0 <= rel < cfg.rtol * cfg.block_iter:
+                self.stopped_because = "converged (relative change)"
+                break
+            if self.iterations >= cfg.max_iter:
+                self.stopped_because = "iteration cap"
+                break
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+    @staticmethod
+    def _n_iter(opt) -> int:
+        if opt is None:
+            return 0
+        return int(opt.state[opt._params[0]].get("n_iter", 0))
+
+    def run(self, callback: Callable[[Snapshot], None] | None = None) -> ReconstructionResult:
+        for snap in self.steps():
+            if callback is not None:
+                callback(snap)
+        return self.result()
+
+    def result(self) -> ReconstructionResult:
+        from ltemlive.reconstruct.uncertainty import parameter_uncertainty
+
+        m = self.model
+        sig = parameter_uncertainty(self)
+        with torch.no_grad():
+            phase = m.phase_fov()
+            phase = phase - phase.mean()
+            a = m.astig()
+            return ReconstructionResult(
+                phase=phase.double().cpu().numpy(),
+                amplitude=m.amplitude_fov().double().cpu().numpy(),
+                defocus_m=m.defocus().double().cpu().numpy(),
+                defocus_sigma_m=sig["defocus_m"],
+                defocus_nominal_m=self.series.defocus_m.copy(),
+                theta_c_rad=float(m.theta_c()),
+                theta_c_sigma_rad=sig["theta_c_rad"],
+                astig_m=(float(a[0]), float(a[1])),
+                shifts_px=m.shifts().double().cpu().numpy(),
+                scales=(m.scales().double().cpu().numpy()),
+                tie_phase=np.asarray(self.tie_phase),
+                history=self.history,
+                stopped_because=self.stopped_because,
+                iterations=self.iterations,
+                elapsed_s=time.perf_counter() - self.t0,
+                loss_kind=self.loss_kind,
+                reg_weight=self.reg_weight,
+                noise_level=self.noise_level,
+                padding=self.cfg.padding,
+                hot_pixels_replaced=self.hot_pixels,
+                extras={"defocus_scan": getattr(self, "scan", None)},
+            )
+
+
+def reconstruct(
+    series: Series,
+    config: ReconstructionConfig | None = None,
+    *,
+    warm_start: ReconstructionResult | None = None,
+    callback: Callable[[Snapshot], None] | None = None,
+) -> ReconstructionResult:
+    """Fit phase and microscope parameters to a series; see Reconstructor."""
+    return Reconstructor(series, config, warm_start=warm_start).run(callback)

@@ -1,0 +1,76 @@
+"""The through-focus series: images, their defocus and the microscope that took them.
+
+One container for simulated, recorded and live data (the same processing contract for all three).
+Validation here gives every caller the same clear errors for bad input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ltemlive.optics.params import MicroscopeParams
+
+
+@dataclass
+class GroundTruth:
+    """What a simulated series really is; absent for recorded data."""
+
+    phase: np.ndarray  # (H, W) rad
+    amplitude: np.ndarray  # (H, W)
+    defocus_m: np.ndarray  # (N,) true defocus
+    shifts_px: np.ndarray | None = None  # (N, 2) applied drift (dy, dx)
+
+
+@dataclass
+class Series:
+    images: np.ndarray  # (N, H, W) counts or normalised intensity
+    defocus_m: np.ndarray  # (N,) nominal defocus, conventions.md sign (df > 0 over-focus)
+    pixel_size_m: float
+    microscope: MicroscopeParams
+    dose_e_per_px: float | None = None  # mean electrons per pixel of an unscattered beam, if known
+    truth: GroundTruth | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        images = np.asarray(self.images)
+        if images.ndim == 2:
+            images = images[None]
+        if images.ndim != 3:
+            raise ValueError(f"images must be a stack of shape (N, H, W), got shape {images.shape}")
+        if min(images.shape[1:]) < 8:
+            raise ValueError(f"images must be at least 8x8 pixels, got {images.shape[1:]}")
+        if not np.issubdtype(images.dtype, np.number) or np.iscomplexobj(images):
+            raise ValueError(f"images must be real numbers, got dtype {images.dtype}")
+        images = images.astype(np.float32, copy=False)
+        if not np.isfinite(images).all():
+            raise ValueError("images contain NaN or infinite values")
+        if (images < 0).any() and self.dose_e_per_px is not None:
+            raise ValueError("images contain negative counts, but a dose was given (counts cannot be negative)")
+        defocus = np.atleast_1d(np.asarray(self.defocus_m, dtype=np.float64))
+        if defocus.ndim != 1 or defocus.size != images.shape[0]:
+            raise ValueError(
+                f"defocus_m has {defocus.size} values but there are {images.shape[0]} images; "
+                "give one defocus per image"
+            )
+        if not np.isfinite(defocus).all():
+            raise ValueError(f"defocus_m must be finite, got {defocus.tolist()}")
+        px = self.pixel_size_m
+        if not (isinstance(px, int | float) and math.isfinite(px) and px > 0):
+            raise ValueError(f"pixel_size_m must be a finite positive length in metres, got {self.pixel_size_m!r}")
+        if self.dose_e_per_px is not None and not (math.isfinite(self.dose_e_per_px) and self.dose_e_per_px > 0):
+            raise ValueError(f"dose_e_per_px must be positive and finite, got {self.dose_e_per_px!r}")
+        self.images = images
+        self.defocus_m = defocus
+        self.pixel_size_m = float(self.pixel_size_m)
+
+    @property
+    def n_images(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.images.shape[1], self.images.shape[2]
