@@ -25,6 +25,11 @@ class ReconstructionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     free: FreeGroups = Field(default_factory=FreeGroups)
+    defocus_model: Literal["affine", "per_image"] = Field(
+        "affine",
+        description="affine: true = scale * nominal + offset (a lens calibration error); per_image: one "
+        "free defocus per image (hysteresis), less well determined",
+    )
     loss: Literal["auto", "poisson", "sqrt_gaussian"] = Field(
         "auto", description="auto: Poisson NLL when the dose is known, else a square-root-domain Gaussian"
     )
@@ -38,7 +43,7 @@ class ReconstructionConfig(BaseModel):
         description="extend: the phase beyond the field of view is fitted too (default, for real images); "
         "mirror/zero: fixed padding; periodic: none (only for periodic synthetic data)",
     )
-    max_iter: int = Field(300, ge=1, le=100_000, description="cap on phase iterations (L-BFGS steps)")
+    max_iter: int = Field(400, ge=1, le=100_000, description="cap on phase iterations (L-BFGS steps)")
     rtol: float = Field(2e-5, ge=0, lt=1, description="stop when the loss falls by less than this per step")
     discrepancy: float = Field(
         0.0, ge=0, le=10, description="stop when the data misfit reaches this multiple of the noise level (0: off)"

@@ -37,6 +37,8 @@ from ltemlive.tie import tie_reconstruct
 # Prior scale of the phase curvature (rad / px^2) in the MAP reading of the regulariser weight:
 # weight = reg_factor * 2 * sigma^2 / (N * CURVATURE_SCALE). Measured on the simulator's specimens.
 CURVATURE_SCALE = 0.02
+MIN_DOSE = 2000.0
+REG_START = 8.0
 # Tikhonov cut-off of the starting TIE, cycles per pixel: TIE's 1/q^2 amplifies low-frequency noise.
 TIE_Q_CUT_PER_PX = 0.005
 
@@ -188,6 +190,7 @@ class Reconstructor:
             shifts0=t(shifts0),
             preconditioner_q0=cfg.preconditioner_q0,
             reference=self.reference,
+            defocus_mode=cfg.defocus_model,
         )
         self.mask = self.im.valid_mask if cfg.padding == "zero" else None
 
@@ -201,13 +204,20 @@ class Reconstructor:
         sqrt_var = 1.0 / (4 * self.dose) if self.dose else estimate_sqrt_noise_variance(self.data)
         self.noise_level = expected_misfit(self.loss_kind, self.dose, sqrt_var)
         if cfg.reg_weight == "auto":
-            sigma2 = sqrt_var  # variance-stabilised noise variance, the same for either loss
+            # variance-stabilised noise variance, the same for either loss; floored at the level of
+            # MIN_DOSE electrons/px because clean data still need some curvature penalty to keep the fit
+            # out of the local minima of strong phase gradients.
+            sigma2 = max(sqrt_var, 1.0 / (4 * MIN_DOSE))
             self.reg_weight = cfg.reg_factor * 2 * sigma2 / (series.n_images * CURVATURE_SCALE)
         else:
             self.reg_weight = float(cfg.reg_weight)
+        # Continuation: start smoother (REG_START x), halve each block down to the target weight.
+        self.reg_target = self.reg_weight
+        self.reg_weight = self.reg_target * REG_START
         self.regularizer = REGULARIZERS.get(cfg.regularization)
 
         self.history: list[dict] = []
+        self.scans: list[dict] = []
         self.iterations = 0
         self.stopped_because = "not run"
         self._last_loss = math.inf
@@ -241,8 +251,10 @@ class Reconstructor:
             loss.backward()
             return loss
 
+        defocus_params = (self.model.r, self.model.o)
         for p in self.model.parameters():
-            p.requires_grad_(any(p is q for q in params))
+            held = any(p is d for d in defocus_params) and not self._defocus_on
+            p.requires_grad_(any(p is q for q in params) and not held)
         opt.step(closure)
         n_it = opt.state[opt._params[0]].get("n_iter", 0)
         return n_it
@@ -254,7 +266,8 @@ class Reconstructor:
 
     def optics_params(self) -> list[torch.nn.Parameter]:
         m, f = self.model, self.cfg.free
-        pairs = ((m.r, f.defocus), (m.t, f.theta_c), (m.astig_uv, f.astigmatism), (m.s, f.shifts), (m.k, f.scales))
+        df = m.o if self.cfg.defocus_model == "affine" else m.r
+        pairs = ((df, f.defocus), (m.t, f.theta_c), (m.astig_uv, f.astigmatism), (m.s, f.shifts), (m.k, f.scales))
         return [p for p, on in pairs if on]
 
     # -- stages ---------------------------------------------------------------------------------------
@@ -313,33 +326,52 @@ class Reconstructor:
                 delta[i] = prepare.cross_correlation_shift(data[i], pred[i], max_shift_px)
         m.s.add_(torch.as_tensor(delta, dtype=m.s.dtype, device=m.s.device))
 
-    def _scan_defocus_scale(self) -> None:
-        """Global defocus scale g: df = base (1 + g), phase / (1 + g); loss minimum by parabola."""
+    @torch.no_grad()
+    def _fit_global_scale(self, rng: float, stage: str) -> None:
+        """Set the global defocus scale g from the data alone.
+
+        Along the path df -> df (1 + g), phi -> phi (1 + u) / (1 + g) the images change only at second
+        order in g (TIE fixes df * phi), so a regulariser would decide g (shrinking the phase and
+        inflating the defocus) if g were left to the gradient. Instead the data misfit is sampled on a
+        5 x 5 grid of (g, u) and fitted by a quadratic surface; u absorbs the regulariser's shrinkage of
+        the phase so that it does not bias g. Falls back to the best grid point if the surface is not
+        convex.
+        """
         m = self.model
-        rng = self.cfg.defocus_scan_range
         base = m.defocus().detach().clone()
         phase = m.phase().detach().clone()
-        grid = np.linspace(-rng, rng, 13)
-        losses = []
-        with torch.no_grad():
-            for g in grid:
-                m.rebase_defocus(base * (1 + g))
-                m.set_phase(phase / (1 + g))
-                m.freeze_optics(True)
-                losses.append(float(self.objective()[0]))
-        i = int(np.argmin(losses))
-        g_best = grid[i]
-        if 0 < i < len(grid) - 1:
-            y0, y1, y2 = losses[i - 1], losses[i], losses[i + 1]
-            den = y0 - 2 * y1 + y2
-            if den > 0:
-                g_best = grid[i] + 0.5 * (y0 - y2) / den * (grid[1] - grid[0])
+        gs = np.linspace(-rng, rng, 5)
+        us = np.linspace(-0.04, 0.04, 5)
+        rows, losses = [], []
+        for g in gs:
+            m.rebase_defocus(base * (1 + g))
+            m.freeze_optics(True)
+            for u in us:
+                m.set_phase(phase * (1 + u) / (1 + g))
+                losses.append(float(self.objective()[1]))
+                rows.append((1.0, g, u, g * g, g * u, u * u))
+        a = np.asarray(rows)
+        y = np.asarray(losses)
+        coef = np.linalg.lstsq(a, y, rcond=None)[0]
+        hess = np.array([[2 * coef[3], coef[4]], [coef[4], 2 * coef[5]]])
+        best = rows[int(np.argmin(y))]
+        g_best, u_best = best[1], best[2]
+        if np.all(np.linalg.eigvalsh(hess) > 0):
+            g_fit, u_fit = np.linalg.solve(hess, -coef[1:3])
+            if abs(g_fit) <= 1.5 * rng and abs(u_fit) <= 0.1:
+                g_best, u_best = float(g_fit), float(u_fit)
         m.rebase_defocus(base * (1 + g_best))
-        m.set_phase(phase / (1 + g_best))
-        self.scan = {"grid": grid.tolist(), "loss": losses, "best": float(g_best)}
+        m.set_phase(phase * (1 + u_best) / (1 + g_best))
+        m.freeze_optics(False)
+        self.scans.append({"stage": stage, "range": rng, "g": float(g_best), "u": float(u_best)})
 
     def steps(self) -> Iterator[Snapshot]:
-        """Run the reconstruction, yielding a snapshot after each block of iterations."""
+        """Run the reconstruction, yielding a snapshot after each block of iterations.
+
+        Schedule: register, warm up the phase, refine with the defocus held while the regulariser
+        relaxes to its target; then fit the global defocus scale and free the per-image defocus,
+        re-fitting the scale with a shrinking range whenever the refinement has settled.
+        """
         cfg, m = self.cfg, self.model
         self._scales_init()
         yield self._record("start")
@@ -348,8 +380,12 @@ class Reconstructor:
         if not phase_params and not optics_params:
             self.stopped_because = "nothing to refine"
             return
-        phase_opt = self._lbfgs(phase_params, cfg.block_iter) if phase_params else None
+        new_phase_opt = lambda: self._lbfgs(phase_params, cfg.block_iter) if phase_params else None  # noqa: E731
+        phase_opt = new_phase_opt()
         optics_opt = self._lbfgs(optics_params, cfg.optics_iter) if optics_params else None
+        refine_defocus = cfg.free.defocus and phase_opt is not None
+        scale_ranges = [cfg.defocus_scan_range, 0.05, 0.02, 0.01] if refine_defocus and cfg.defocus_scan else []
+        self._defocus_on = not refine_defocus and cfg.free.defocus  # phase fixed: defocus from the start
 
         def phase_block():
             m.freeze_optics(True)
@@ -358,7 +394,6 @@ class Reconstructor:
             self.iterations += max(self._n_iter(phase_opt) - before, 1)
             m.freeze_optics(False)
 
-        # warm-up: the phase at the nominal optics, registering the images to the model before and after
         if cfg.free.shifts:
             self._register_to_model()
         if phase_opt is not None:
@@ -366,12 +401,7 @@ class Reconstructor:
             yield self._record("warm-up")
         if cfg.free.shifts:
             self._register_to_model()
-            phase_opt = self._lbfgs(phase_params, cfg.block_iter) if phase_params else None
-        if cfg.free.defocus and cfg.defocus_scan:
-            self._scan_defocus_scale()
-            m.freeze_optics(False)
-            phase_opt = self._lbfgs(phase_params, cfg.block_iter) if phase_params else None
-            yield self._record("defocus scan")
+            phase_opt = new_phase_opt()
 
         prev = math.inf
         while True:
@@ -383,8 +413,19 @@ class Reconstructor:
                 phase_block()
             snap = self._record("refine")
             yield snap
+            if self.reg_weight > self.reg_target:
+                self.reg_weight = max(self.reg_target, 0.5 * self.reg_weight)
+                prev = math.inf  # the objective changed: no convergence test on this block
+                continue
             rel = (prev - snap.loss) / max(abs(snap.loss), 1e-30)
             prev = snap.loss
+            settled = 0 <= rel < cfg.rtol * cfg.block_iter * 10
+            if refine_defocus and settled and scale_ranges:
+                self._fit_global_scale(scale_ranges.pop(0), "scale")
+                self._defocus_on = True
+                phase_opt, prev = new_phase_opt(), math.inf
+                yield self._record("defocus scale")
+                continue
             if cfg.discrepancy > 0 and snap.data_loss <= cfg.discrepancy * self.noise_level:
                 self.stopped_because = "discrepancy"
                 break
@@ -439,7 +480,7 @@ class Reconstructor:
                 noise_level=self.noise_level,
                 padding=self.cfg.padding,
                 hot_pixels_replaced=self.hot_pixels,
-                extras={"defocus_scan": getattr(self, "scan", None)},
+                extras={"defocus_scans": self.scans},
             )
 
 
