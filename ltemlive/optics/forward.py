@@ -33,8 +33,13 @@ PADDINGS = ("extend", "mirror", "zero", "periodic")
 
 
 def fft_friendly(n: int) -> int:
-    """Smallest m >= n whose only prime factors are 2, 3 and 5 (fast for every FFT library)."""
-    m = max(int(n), 1)
+    """Smallest m >= n that is a multiple of 32 (or of 8 below 64) with no prime factor above 5.
+
+    Measured with torch on 2 CPU cores: 640^2 transforms at 15 ns/px, 625^2 (= 5^4 squared) at 25 ns/px;
+    powers of two in the size matter more than the size itself.
+    """
+    step = 32 if n > 64 else 8
+    m = max(-(-int(n) // step) * step, step)
     while True:
         k = m
         for p in (2, 3, 5):
@@ -42,7 +47,7 @@ def fft_friendly(n: int) -> int:
                 k //= p
         if k == 1:
             return m
-        m += 1
+        m += step
 
 
 def blur_radius_px(max_abs_defocus_m: float, params: MicroscopeParams, pixel_size_m: float) -> int:

@@ -30,6 +30,7 @@ ASTIG_UNIT_M = 1e-7
 DEFOCUS_REL_UNIT = 1e-3
 DEFOCUS_MIN_UNIT_M = 1e-6
 OFFSET_UNIT_M = 1e-6
+THETA_LOG_BOUND = 4.0
 
 
 class SeriesModel(torch.nn.Module):
@@ -107,7 +108,9 @@ class SeriesModel(torch.nn.Module):
 
     def defocus(self) -> torch.Tensor:
         if self.defocus_mode == "affine":
-            return self.defocus_base + OFFSET_UNIT_M * self.o
+            # Soft bound on the offset: a fifth of the largest |defocus|.
+            bound = 0.2 * float(self.defocus_base.abs().max()) / OFFSET_UNIT_M
+            return self.defocus_base + OFFSET_UNIT_M * bound * torch.tanh(self.o / bound)
         # The common part of r (a global defocus scale) is removed: together with the phase scale it is
         # nearly invisible in the data, so a gradient step along it follows the regulariser instead
         # (shrinking the phase, inflating the defocus). The solver sets the global scale by a data-only
@@ -119,7 +122,8 @@ class SeriesModel(torch.nn.Module):
         return self.defocus_base * (1 + (rel - common) * free)
 
     def theta_c(self) -> torch.Tensor:
-        return self.theta_c0 * torch.exp(self.t)
+        # Soft bound: within a factor e^4 of the start, so a wild line-search trial cannot reach inf.
+        return self.theta_c0 * torch.exp(THETA_LOG_BOUND * torch.tanh(self.t / THETA_LOG_BOUND))
 
     def astig(self) -> torch.Tensor:
         return self.astig_uv * ASTIG_UNIT_M
@@ -137,17 +141,21 @@ class SeriesModel(torch.nn.Module):
         return self.im.transfer(self.defocus(), theta_c_rad=self.theta_c(), astig=(a[0], a[1]))
 
     def freeze_optics(self, frozen: bool) -> None:
-        """Cache the transfer function while defocus, theta_c and astigmatism are not being changed."""
+        """Cache transfer function x shift ramp while the optics (defocus, theta_c, astigmatism, shifts)
+        are not being changed: it halves the cost of a phase iteration."""
         if frozen:
             with torch.no_grad():
-                self._transfer_cache = self.transfer()
+                self._transfer_cache = self.transfer() * self.im.shift_ramp(self.shifts())
         else:
             self._transfer_cache = None
 
     def forward(self) -> torch.Tensor:
-        t = self._transfer_cache if self._transfer_cache is not None else self.transfer()
         spectrum = self.im.wave_spectrum(self.phase(), self.amplitude())
-        return self.im.propagate(spectrum, t, self.shifts()) * self.scales()[:, None, None]
+        if self._transfer_cache is not None:
+            images = self.im.propagate(spectrum, self._transfer_cache)
+        else:
+            images = self.im.propagate(spectrum, self.transfer(), self.shifts())
+        return images * self.scales()[:, None, None]
 
     # -- warm starts and re-basing --------------------------------------------------------------------
     @torch.no_grad()

@@ -133,24 +133,22 @@ class Reconstructor:
         data, self.hot_pixels = prepare.remove_hot_pixels(data)
         self.reference = prepare.reference_index(nominal)
 
-        if warm_start is not None and warm_start.shifts_px.shape[0] == series.n_images:
-            shifts0 = warm_start.shifts_px
+        shifts0 = np.zeros((series.n_images, 2))
+        if warm_start is not None:
+            # Images seen before keep their shifts; new ones are registered to the model in steps().
+            k = min(len(warm_start.shifts_px), series.n_images)
+            shifts0[:k] = warm_start.shifts_px[:k]
         elif cfg.free.shifts:
             shifts0 = prepare.register_pair(data, nominal)
-        else:
-            shifts0 = np.zeros((series.n_images, 2))
         aligned = prepare.fourier_shift(data, -shifts0)
         amplitude0 = prepare.starting_amplitude(aligned, nominal)
 
         mic = series.microscope
+        self.warm = warm_start is not None
         if warm_start is not None:
             tie_phase = warm_start.tie_phase
-            phase0 = warm_start.phase
-            defocus0 = np.where(
-                np.isin(np.arange(series.n_images), np.arange(len(warm_start.defocus_m))),
-                np.resize(warm_start.defocus_m, series.n_images),
-                nominal,
-            )
+            phase0 = warm_start.extras.get("phase_grid", warm_start.phase)
+            defocus0 = calibrated_defocus(warm_start, nominal)
             theta_c0 = warm_start.theta_c_rad
             astig0 = warm_start.astig_m
         else:
@@ -211,13 +209,15 @@ class Reconstructor:
             self.reg_weight = cfg.reg_factor * 2 * sigma2 / (series.n_images * CURVATURE_SCALE)
         else:
             self.reg_weight = float(cfg.reg_weight)
-        # Continuation: start smoother (REG_START x), halve each block down to the target weight.
+        # Continuation: start smoother (REG_START x), halve each block down to the target weight; a warm
+        # start is already near the optimum and starts at the target.
         self.reg_target = self.reg_weight
-        self.reg_weight = self.reg_target * REG_START
+        self.reg_weight = self.reg_target * (1.0 if self.warm else REG_START)
         self.regularizer = REGULARIZERS.get(cfg.regularization)
 
         self.history: list[dict] = []
         self.scans: list[dict] = []
+        self.rejected_steps = 0
         self.iterations = 0
         self.stopped_because = "not run"
         self._last_loss = math.inf
@@ -244,7 +244,10 @@ class Reconstructor:
             tolerance_change=1e-14,
         )
 
-    def _step(self, opt: torch.optim.Optimizer, params) -> float:
+    def _step(self, opt: torch.optim.Optimizer, params) -> None:
+        """One optimiser call (max_iter L-BFGS iterations). A step that produces a non-finite loss or
+        parameter (a line-search trial too far out) is undone and the optimiser's memory cleared."""
+
         def closure():
             opt.zero_grad(set_to_none=True)
             loss, _, _ = self.objective()
@@ -255,9 +258,16 @@ class Reconstructor:
         for p in self.model.parameters():
             held = any(p is d for d in defocus_params) and not self._defocus_on
             p.requires_grad_(any(p is q for q in params) and not held)
-        opt.step(closure)
-        n_it = opt.state[opt._params[0]].get("n_iter", 0)
-        return n_it
+        backup = [p.detach().clone() for p in params]
+        loss = opt.step(closure)
+        bad = loss is None or not torch.isfinite(torch.as_tensor(loss)).all()
+        bad = bad or any(not torch.isfinite(p).all() for p in params)
+        if bad:
+            with torch.no_grad():
+                for p, b in zip(params, backup, strict=True):
+                    p.copy_(b)
+            opt.state.clear()
+            self.rejected_steps += 1
 
     # -- parameter groups -----------------------------------------------------------------------------
     def phase_params(self) -> list[torch.nn.Parameter]:
@@ -384,7 +394,9 @@ class Reconstructor:
         phase_opt = new_phase_opt()
         optics_opt = self._lbfgs(optics_params, cfg.optics_iter) if optics_params else None
         refine_defocus = cfg.free.defocus and phase_opt is not None
-        scale_ranges = [cfg.defocus_scan_range, 0.05, 0.02, 0.01] if refine_defocus and cfg.defocus_scan else []
+        scale_ranges = [cfg.defocus_scan_range, 0.05, 0.02, 0.01] if not self.warm else [0.02, 0.01]
+        if not (refine_defocus and cfg.defocus_scan):
+            scale_ranges = []
         self._defocus_on = not refine_defocus and cfg.free.defocus  # phase fixed: defocus from the start
 
         def phase_block():
@@ -480,8 +492,23 @@ class Reconstructor:
                 noise_level=self.noise_level,
                 padding=self.cfg.padding,
                 hot_pixels_replaced=self.hot_pixels,
-                extras={"defocus_scans": self.scans},
+                extras={
+                    "defocus_scans": self.scans,
+                    "phase_grid": m.phase().double().cpu().numpy(),
+                    "rejected_steps": self.rejected_steps,
+                },
             )
+
+
+def calibrated_defocus(previous: ReconstructionResult, nominal: np.ndarray) -> np.ndarray:
+    """Carry a refined defocus calibration over to new nominal values: fit refined = a * nominal + b on
+    the previous result (or a pure scale if its nominal values cannot separate the two) and apply it."""
+    x, y = np.asarray(previous.defocus_nominal_m), np.asarray(previous.defocus_m)
+    if len(np.unique(x)) >= 2:
+        a, b = np.polyfit(x, y, 1)
+    else:
+        a, b = (y[0] / x[0] if x[0] != 0 else 1.0), 0.0
+    return a * np.asarray(nominal) + b
 
 
 def reconstruct(

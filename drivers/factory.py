@@ -1,0 +1,81 @@
+"""Build a microscope/camera pair from configuration, with safety limits always applied.
+
+    backend: simulated | remote | thermo | jeol
+    limits: {defocus_min_m: ..., max_defocus_step_m: ..., stage_x_m: [lo, hi], ...}   # SafetyLimits
+    simulated: {...}   # SimulatedInstrumentConfig
+    remote: {endpoint: tcp://host:port, timeout_s: 10, liveness_s: 3}
+    thermo: {...}      # drivers.vendors.thermo.ThermoConfig
+    jeol: {...}        # drivers.vendors.jeol.JeolConfig
+    server: {endpoint: tcp://127.0.0.1:7001}   # used by the instrument server only
+
+Limits are applied even when absent from the config (the defaults of :class:`SafetyLimits`): an instrument
+without limits has to be asked for explicitly, with very wide ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from drivers.errors import NotAvailable
+from drivers.interface import Camera, Microscope
+from drivers.limits import LimitedMicroscope, SafetyLimits
+from drivers.server import Backend
+
+__all__ = ["BACKENDS", "build", "build_backend", "load_config"]
+
+BACKENDS = ("simulated", "remote", "thermo", "jeol")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    from drivers.server import load_config as _load
+
+    return _load(path)
+
+
+def _limits(config: Mapping[str, Any]) -> SafetyLimits:
+    return SafetyLimits.model_validate(config.get("limits") or {})
+
+
+def build_backend(config: Mapping[str, Any]) -> Backend:
+    """The local (non-remote) backend described by ``config``, its microscope wrapped in safety limits.
+
+    The camera keeps a reference to the unwrapped microscope: it only *reads* optics state for metadata.
+    """
+    kind = config.get("backend", "simulated")
+    limits = _limits(config)
+    if kind == "simulated":
+        from drivers.simulated import SimulatedInstrument, SimulatedInstrumentConfig
+
+        inst = SimulatedInstrument(SimulatedInstrumentConfig.model_validate(config.get("simulated") or {}))
+        return Backend(LimitedMicroscope(inst.microscope, limits), inst.camera, set_faults=inst.set_faults)
+    if kind == "thermo":
+        from drivers.vendors.thermo import ThermoConfig, ThermoInstrument
+
+        thermo = ThermoInstrument(ThermoConfig.model_validate(config.get("thermo") or {}))
+        return Backend(LimitedMicroscope(thermo.microscope, limits), thermo.camera)
+    if kind == "jeol":
+        from drivers.vendors.jeol import JeolConfig, JeolInstrument
+
+        jeol = JeolInstrument(JeolConfig.model_validate(config.get("jeol") or {}))
+        return Backend(LimitedMicroscope(jeol.microscope, limits), jeol.camera)
+    if kind == "remote":
+        raise NotAvailable("a remote backend cannot be served again; point the client at the original server")
+    raise NotAvailable(f"unknown backend {kind!r}; expected one of {BACKENDS}")
+
+
+def build(config: Mapping[str, Any]) -> tuple[Microscope, Camera]:
+    """A (microscope, camera) pair for acquisition code. ``remote`` connects to an instrument server and
+    applies the limits on the client side too (the server applies its own)."""
+    if config.get("backend", "simulated") == "remote":
+        from drivers.client import connect
+
+        remote = dict(config.get("remote") or {})
+        endpoint = remote.pop("endpoint", None)
+        if not endpoint:
+            raise NotAvailable("remote backend needs remote.endpoint")
+        microscope, camera = connect(endpoint, **remote)
+        return LimitedMicroscope(microscope, _limits(config)), camera
+    backend = build_backend(config)
+    return backend.microscope, backend.camera

@@ -1,0 +1,488 @@
+"""Instrument server: one backend, one owning thread, served over ZeroMQ.
+
+Threads (see docs/adr/0002-one-owning-thread-server.md):
+
+* the **owner thread** creates the backend and is the only thread that ever calls it (vendor COM objects are
+  apartment-threaded; a call from another thread fails or, worse, deadlocks). It takes jobs from a bounded
+  queue and hands replies back over an ``inproc`` PAIR socket;
+* the **I/O thread** owns the ROUTER socket: it validates every request, NACKs malformed ones (counted, never
+  fatal), answers ``ping`` itself - so a client can tell "server alive, backend busy" from "server dead" -
+  and forwards replies. A backend exception becomes an error reply; the server keeps running.
+
+Run as a process: ``python -m drivers.server --config config/instrument-sim.yaml --endpoint tcp://127.0.0.1:7001``
+(prints ``READY <endpoint>`` on stdout once bound and the backend is up); supervised by
+:class:`drivers.supervisor.Supervisor`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+from loguru import logger
+from pydantic import BaseModel
+
+from drivers.errors import InstrumentError, InstrumentTimeout, NotAvailable, ProtocolError
+from drivers.interface import Camera, Frame, Microscope
+from drivers.protocol import (
+    ID_PATTERN,
+    PROTOCOL_ID,
+    AcquireArgs,
+    MoveStageArgs,
+    Reply,
+    Request,
+    SetBeamBlankedArgs,
+    SetDefocusArgs,
+    SetFaultsArgs,
+    SetLensModeArgs,
+    decode_header,
+    encode_array,
+    encode_header,
+    error_info,
+)
+
+__all__ = ["Backend", "InstrumentServer", "main"]
+
+#: Requests are small JSON headers; a peer sending more than this is disconnected by libzmq.
+MAX_REQUEST_BYTES = 1 << 20
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+
+
+@dataclass
+class Backend:
+    """What a server serves: a microscope/camera pair plus optional simulator hooks."""
+
+    microscope: Microscope
+    camera: Camera
+    set_faults: Callable[[dict[str, Any]], None] | None = None
+    extra_info: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for part in (self.camera, self.microscope):
+            try:
+                part.close()
+            except Exception:
+                logger.exception("error while closing {}", part)
+
+
+@dataclass
+class _Job:
+    identity: bytes
+    request: Request
+    args: BaseModel
+    received: float  # monotonic
+
+
+def _caps(caps: frozenset) -> list[str]:
+    return sorted(c.value for c in caps)
+
+
+class InstrumentServer:
+    """Serve one backend. ``start()`` runs the I/O loop in a background thread (tests, embedding);
+    ``run()`` runs it in the calling thread (the server process)."""
+
+    def __init__(
+        self,
+        backend_factory: Callable[[], Backend],
+        endpoint: str = "tcp://127.0.0.1:*",
+        *,
+        max_queue: int = 8,
+        startup_timeout_s: float = 60.0,
+    ) -> None:
+        self._factory = backend_factory
+        self._requested_endpoint = endpoint
+        self.endpoint: str | None = None
+        self.server_id = uuid.uuid4().hex[:12]
+        self._max_queue = max_queue
+        self._startup_timeout_s = startup_timeout_s
+        self._ctx = zmq.Context()
+        self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._init_error: BaseException | None = None
+        self._inproc = f"inproc://replies-{self.server_id}"
+        self._router: zmq.Socket | None = None
+        self._replies: zmq.Socket | None = None
+        self._owner: threading.Thread | None = None
+        self._io: threading.Thread | None = None
+        self._started = time.monotonic()
+        self._busy_since: float | None = None
+        self._busy_method: str | None = None
+        #: Counters, readable by tests and reported by ping: malformed, served, errors, expired, busy, dropped.
+        self.stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()  # both threads count; ping copies
+        self._backend_info: dict[str, Any] = {}
+
+    # -- life cycle -------------------------------------------------------------------------------------
+    def _bind(self) -> None:
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        router.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        router.setsockopt(zmq.SNDHWM, 64)
+        try:
+            router.bind(self._requested_endpoint)
+        except zmq.ZMQError:
+            router.close()
+            raise
+        self._router = router
+        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        replies = self._ctx.socket(zmq.PAIR)
+        replies.setsockopt(zmq.LINGER, 0)
+        replies.bind(self._inproc)
+        self._replies = replies
+
+    def _open(self) -> None:
+        """Bind, then create the backend in the owner thread and wait for it (or its failure)."""
+        self._bind()
+        self._owner = threading.Thread(target=self._owner_main, name="instrument-owner", daemon=True)
+        self._owner.start()
+        if not self._ready.wait(self._startup_timeout_s):
+            self._stop.set()
+            self._close_io_sockets()
+            self._ctx.destroy(linger=0)  # the owner thread may still be stuck in the vendor constructor
+            raise InstrumentTimeout(f"backend did not start within {self._startup_timeout_s} s")
+        if self._init_error is not None:
+            self._stop.set()
+            self._owner.join(5)
+            self._close_io_sockets()
+            self._ctx.term()
+            raise self._init_error
+
+    def start(self) -> InstrumentServer:
+        self._open()
+        self._io = threading.Thread(target=self._io_main, name="instrument-io", daemon=True)
+        self._io.start()
+        return self
+
+    def run(self, on_ready: Callable[[str], None] | None = None) -> None:
+        """Serve in the calling thread until :meth:`request_stop` (e.g. from a signal handler).
+
+        ``on_ready(endpoint)`` is called once bound with the backend up; start-up errors propagate.
+        """
+        self._open()
+        if on_ready is not None:
+            assert self.endpoint is not None
+            on_ready(self.endpoint)
+        self._io_main()
+        self._join_and_term()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._io is not None:
+            self._io.join(5)
+        self._join_and_term()
+
+    def _join_and_term(self) -> None:
+        if self._ctx.closed:
+            return
+        if self._owner is not None:
+            self._owner.join(5)
+            if self._owner.is_alive():
+                # A vendor call that never returns cannot be interrupted; do not wait for it forever.
+                logger.error("backend owner thread still busy at shutdown; abandoning it")
+                self._ctx.destroy(linger=0)
+                return
+        self._ctx.term()
+
+    def __enter__(self) -> InstrumentServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _close_io_sockets(self) -> None:
+        for s in (self._router, self._replies):
+            if s is not None:
+                s.close(linger=0)
+        self._router = self._replies = None
+
+    def _stats_snapshot(self) -> dict[str, int]:
+        with self._stats_lock:
+            return dict(self.stats)
+
+    def _count(self, key: str) -> None:
+        with self._stats_lock:
+            self.stats[key] += 1
+
+    # -- owner thread -----------------------------------------------------------------------------------
+    def _owner_main(self) -> None:
+        try:
+            backend = self._factory()
+            self._backend_info = {
+                "instrument_id": backend.microscope.instrument_id,
+                "microscope_capabilities": _caps(backend.microscope.capabilities()),
+                "camera_capabilities": _caps(backend.camera.capabilities()),
+                "camera_info": backend.camera.info().model_dump(mode="json"),
+                "simulated": backend.set_faults is not None,
+                **backend.extra_info,
+            }
+        except BaseException as exc:
+            logger.exception("backend failed to start")
+            self._init_error = exc
+            self._ready.set()
+            return
+        out = self._ctx.socket(zmq.PAIR)
+        out.setsockopt(zmq.LINGER, 0)
+        out.connect(self._inproc)
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                try:
+                    job = self._jobs.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                frames = self._execute(backend, job)
+                out.send_multipart(frames, copy=False)
+        finally:
+            backend.close()
+            out.close(linger=0)
+
+    def _execute(self, backend: Backend, job: _Job) -> list[Any]:
+        req = job.request
+        waited = time.monotonic() - job.received
+        if waited >= req.timeout_s:
+            # The client has given up; executing a stale command (e.g. a defocus change) late is unsafe.
+            self._count("expired")
+            reply = Reply(
+                id=req.id,
+                ok=False,
+                error=error_info(
+                    InstrumentTimeout(f"{req.method}: request expired after {waited:.2f} s in the queue; not executed")
+                ),
+            )
+            return [job.identity, PROTOCOL_ID, encode_header(reply)]
+        self._busy_method, self._busy_since = req.method, time.monotonic()
+        try:
+            result, arrays = self._dispatch(backend, req.method, job.args)
+            headers, buffers = [], []
+            for a in arrays:
+                h, buf = encode_array(a)
+                headers.append(h)
+                buffers.append(buf)
+            reply = Reply(id=req.id, ok=True, result=result, arrays=headers)
+            self._count("served")
+            return [job.identity, PROTOCOL_ID, encode_header(reply), *buffers]
+        except Exception as exc:
+            # Reported, not fatal: the server and the owner thread carry on.
+            self._count("errors")
+            level = "WARNING" if isinstance(exc, InstrumentError) else "ERROR"
+            logger.log(level, "{} failed: {}: {}", req.method, type(exc).__name__, exc)
+            reply = Reply(id=req.id, ok=False, error=error_info(exc))
+            return [job.identity, PROTOCOL_ID, encode_header(reply)]
+        finally:
+            self._busy_method = self._busy_since = None
+
+    def _dispatch(self, b: Backend, method: str, args: Any) -> tuple[Any, list[Any]]:
+        m, c = b.microscope, b.camera
+        if method == "hello":
+            return {**self._backend_info, "server_id": self.server_id, "pid": os.getpid()}, []
+        if method == "microscope.capabilities":
+            return _caps(m.capabilities()), []
+        if method == "microscope.get_defocus":
+            return m.get_defocus(), []
+        if method == "microscope.set_defocus":
+            assert isinstance(args, SetDefocusArgs)
+            return m.set_defocus(args.defocus_m, args.settle), []
+        if method == "microscope.get_lens_mode":
+            return m.get_lens_mode().value, []
+        if method == "microscope.set_lens_mode":
+            assert isinstance(args, SetLensModeArgs)
+            return m.set_lens_mode(args.mode).value, []
+        if method == "microscope.get_magnification":
+            return m.get_magnification(), []
+        if method == "microscope.get_pixel_size":
+            return m.get_pixel_size(), []
+        if method == "microscope.get_stage":
+            return m.get_stage().model_dump(mode="json"), []
+        if method == "microscope.move_stage":
+            assert isinstance(args, MoveStageArgs)
+            return m.move_stage(args.target, args.settle).model_dump(mode="json"), []
+        if method == "microscope.get_beam_blanked":
+            return m.get_beam_blanked(), []
+        if method == "microscope.set_beam_blanked":
+            assert isinstance(args, SetBeamBlankedArgs)
+            return m.set_beam_blanked(args.blanked), []
+        if method == "microscope.optics_state":
+            return m.optics_state().model_dump(mode="json"), []
+        if method == "camera.capabilities":
+            return _caps(c.capabilities()), []
+        if method == "camera.info":
+            return c.info().model_dump(mode="json"), []
+        if method == "camera.acquire":
+            assert isinstance(args, AcquireArgs)
+            frame: Frame = c.acquire(args.exposure_s, args.binning, args.roi, args.timeout_s)
+            return frame.metadata.model_dump(mode="json"), [frame.data]
+        if method == "sim.set_faults":
+            assert isinstance(args, SetFaultsArgs)
+            if b.set_faults is None:
+                raise NotAvailable("this backend has no fault injection (not a simulator)")
+            b.set_faults(args.faults)
+            return None, []
+        raise NotAvailable(f"method {method} not served")  # unreachable: Request validates the name
+
+    # -- I/O thread ---------------------------------------------------------------------------------------
+    def _io_main(self) -> None:
+        router, replies = self._router, self._replies
+        assert router is not None and replies is not None
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(replies, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(100))
+                if replies in events:
+                    for _ in range(64):
+                        try:
+                            frames = replies.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._send(frames)
+                if router in events:
+                    for _ in range(64):
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        try:
+                            self._handle(frames)
+                        except Exception:  # never let one message kill the loop
+                            self._count("malformed")
+                            logger.exception("unexpected error handling a request")
+        finally:
+            self._close_io_sockets()
+
+    def _send(self, frames: list[Any]) -> None:
+        assert self._router is not None
+        try:
+            self._router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._count("dropped")
+            logger.warning("client not reading; reply dropped")
+        except zmq.ZMQError as exc:  # EHOSTUNREACH with ROUTER_MANDATORY: the client went away
+            self._count("dropped")
+            logger.warning("reply to a vanished client dropped: {}", exc)
+
+    def _nack(self, identity: bytes, req_id: str, exc: InstrumentError) -> None:
+        reply = Reply(id=req_id, ok=False, error=error_info(exc))
+        self._send([identity, PROTOCOL_ID, encode_header(reply)])
+
+    def _handle(self, frames: list[Any]) -> None:
+        identity = frames[0].bytes
+        req_id = ""
+        try:
+            if len(frames) != 3 or frames[1].bytes != PROTOCOL_ID:
+                raise ProtocolError(f"expected 2 frames [{PROTOCOL_ID.decode()}, header], got {len(frames) - 1}")
+            raw = frames[2].bytes
+            req_id = _salvage_id(raw)
+            req: Request = decode_header(raw, Request)
+            try:
+                args = req.parsed_args()
+            except Exception as exc:
+                raise ProtocolError(f"invalid arguments for {req.method}: {str(exc)[:500]}") from None
+        except ProtocolError as exc:
+            self._count("malformed")
+            logger.warning("malformed request NACKed ({} so far): {}", self.stats["malformed"], str(exc)[:200])
+            self._nack(identity, req_id, exc)
+            return
+        if req.method == "ping":
+            now = time.monotonic()
+            result = {
+                "server_id": self.server_id,
+                "pid": os.getpid(),
+                "uptime_s": now - self._started,
+                "busy_method": self._busy_method,
+                "busy_s": None if self._busy_since is None else now - self._busy_since,
+                "queued": self._jobs.qsize(),
+                "stats": self._stats_snapshot(),
+            }
+            self._send([identity, PROTOCOL_ID, encode_header(Reply(id=req.id, ok=True, result=result))])
+            return
+        if self._jobs.qsize() >= self._max_queue:
+            self._count("busy")
+            self._nack(identity, req.id, NotAvailable(f"server busy: {self._jobs.qsize()} requests queued"))
+            return
+        self._jobs.put(_Job(identity, req, args, time.monotonic()))
+
+
+def _salvage_id(raw: bytes) -> str:
+    """The request id of a malformed header, if one can be read safely, so the NACK reaches its caller."""
+    try:
+        obj = json.loads(raw[:4096].decode("utf-8"))
+        rid = obj.get("id") if isinstance(obj, dict) else None
+        if isinstance(rid, str) and ID_PATTERN.match(rid):
+            return rid
+    except Exception:
+        pass
+    return ""
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    import yaml
+
+    text = Path(path).read_text()
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m drivers.server`` (and of ``ltemlive instrument-server``)."""
+    parser = argparse.ArgumentParser(prog="instrument-server", description=__doc__.splitlines()[0])
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="instrument YAML/JSON config file (backend, limits, ...)")
+    src.add_argument("--config-json", help="instrument config as a JSON string")
+    parser.add_argument("--endpoint", default=None, help="bind address (default from config, else tcp://127.0.0.1:*)")
+    parser.add_argument("--log-level", default="INFO")
+    ns = parser.parse_args(argv)
+
+    logger.remove()
+    logger.add(sys.stderr, level=ns.log_level.upper())
+    from drivers.factory import build_backend
+
+    config = load_config(ns.config) if ns.config else json.loads(ns.config_json)
+    endpoint = ns.endpoint or config.get("server", {}).get("endpoint") or "tcp://127.0.0.1:*"
+    server = InstrumentServer(lambda: build_backend(config), endpoint)
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        logger.info("signal {} received, stopping", signum)
+        server.request_stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    def ready(endpoint: str) -> None:
+        # The supervisor waits for this line; keep its format stable.
+        print(f"READY {endpoint}", flush=True)
+        logger.info("instrument server {} serving on {}", server.server_id, endpoint)
+
+    try:
+        server.run(on_ready=ready)
+    except Exception as exc:
+        print(f"FAILED {type(exc).__name__}: {exc}", flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

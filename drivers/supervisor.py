@@ -1,0 +1,246 @@
+"""Run the instrument server in a child process and restart it when it dies.
+
+The child is ``python -m drivers.server --config-json ... --endpoint ...``; it prints ``READY <endpoint>``
+once bound and its backend is up. The first start may bind a random port (``tcp://127.0.0.1:*``); restarts
+reuse the endpoint the first child reported, so clients reconnect transparently (their DEALER sockets
+reconnect by themselves; calls in flight when the child died fail with ServerUnreachable/InstrumentTimeout).
+Restarts back off and stop after ``max_restarts`` within ``window_s`` (a crash loop needs a human).
+A watchdog pings the child's I/O loop: a process that is alive but frozen (no pong for ``watchdog_s``) is
+killed and restarted like a dead one. A merely *busy* backend does not trip it: pings are answered by the
+server's I/O thread, not by the backend's owner thread.
+Works the same on Windows, where microscope PCs live: no select() on pipes, no fork.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from loguru import logger
+
+from drivers.errors import HardwareFault, InstrumentTimeout
+
+__all__ = ["Supervisor"]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        endpoint: str = "tcp://127.0.0.1:*",
+        *,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+        backoff_s: float = 0.2,
+        ready_timeout_s: float = 30.0,
+        python: str = sys.executable,
+        log_level: str = "WARNING",
+        watchdog_s: float | None = 5.0,
+    ) -> None:
+        self._config_json = json.dumps(dict(config))
+        self.endpoint = endpoint
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.backoff_s = backoff_s
+        self.ready_timeout_s = ready_timeout_s
+        self.python = python
+        self.log_level = log_level
+        self.watchdog_s = watchdog_s
+        self.watchdog_kills = 0
+        self.restarts = 0
+        self.gave_up = False
+        self._proc: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader: threading.Thread | None = None
+        self._monitor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._restart_times: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def _env(self) -> dict[str, str]:
+        # Make ``drivers`` and ``simulator`` importable in the child even when not installed.
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return env
+
+    def _spawn(self) -> None:
+        cmd = [
+            self.python,
+            "-m",
+            "drivers.server",
+            "--config-json",
+            self._config_json,
+            "--endpoint",
+            self.endpoint,
+            "--log-level",
+            self.log_level,
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=self._env(), bufsize=1)
+        lines: queue.Queue[str | None] = queue.Queue()
+        assert proc.stdout is not None
+        reader = threading.Thread(target=_pump, args=(proc.stdout, lines), name="server-stdout", daemon=True)
+        reader.start()
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            try:
+                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                _reap(proc, reader)
+                raise InstrumentTimeout(f"instrument server not ready within {self.ready_timeout_s} s") from None
+            if line is None:
+                _reap(proc, reader)
+                raise HardwareFault(f"instrument server exited during start-up (code {proc.returncode})")
+            if line.startswith("READY "):
+                self.endpoint = line.split(maxsplit=1)[1].strip()
+                break
+            if line.startswith("FAILED"):
+                _reap(proc, reader)
+                raise HardwareFault(f"instrument server failed to start: {line.strip()}")
+        self._proc, self._reader, self._lines = proc, reader, lines
+        logger.info("instrument server pid {} ready on {}", proc.pid, self.endpoint)
+
+    def start(self) -> Supervisor:
+        self._spawn()
+        self._monitor = threading.Thread(target=self._watch, name="server-supervisor", daemon=True)
+        self._monitor.start()
+        return self
+
+    def _watch(self) -> None:
+        client = None
+        next_ping = time.monotonic() + 1.0
+        try:
+            while not self._stopping.is_set():
+                with self._lock:
+                    proc = self._proc
+                if proc is None:
+                    return
+                try:
+                    proc.wait(timeout=0.1)
+                except subprocess.TimeoutExpired:
+                    if self.watchdog_s and time.monotonic() >= next_ping:
+                        client = self._watchdog(proc, client)
+                        next_ping = time.monotonic() + min(1.0, self.watchdog_s)
+                    continue
+                if not self._handle_death(proc):
+                    return
+        finally:
+            if client is not None:
+                client.close()
+
+    def _watchdog(self, proc: Any, client: Any) -> Any:
+        from drivers.client import InstrumentClient
+
+        if client is None or client.endpoint != self.endpoint:
+            if client is not None:
+                client.close()
+            client = InstrumentClient(self.endpoint, liveness_s=self.watchdog_s)
+        try:
+            client.ping(timeout_s=self.watchdog_s)
+        except InstrumentTimeout:
+            if proc.poll() is None and not self._stopping.is_set():
+                logger.error("instrument server pid {} frozen (no pong in {} s); killing it", proc.pid, self.watchdog_s)
+                self.watchdog_kills += 1
+                proc.kill()
+        return client
+
+    def _handle_death(self, proc: Any) -> bool:
+        """Reap a dead child and start the next one (with back-off); False ends the watch loop."""
+        if self._stopping.is_set():
+            return False
+        logger.error("instrument server pid {} died with code {}", proc.pid, proc.returncode)
+        with self._lock:
+            _reap(proc, self._reader)
+        while True:
+            now = time.monotonic()
+            while self._restart_times and now - self._restart_times[0] > self.window_s:
+                self._restart_times.popleft()
+            if len(self._restart_times) >= self.max_restarts:
+                logger.critical(
+                    "instrument server restarted {} times in {} s; giving up", len(self._restart_times), self.window_s
+                )
+                self.gave_up = True
+                with self._lock:
+                    self._proc = None
+                return False
+            if self._stopping.wait(self.backoff_s * (2 ** len(self._restart_times))):
+                return False
+            self._restart_times.append(time.monotonic())
+            try:
+                with self._lock:
+                    self._spawn()
+            except Exception as exc:  # counts against the restart budget; try again after back-off
+                logger.error("restart failed: {}", exc)
+                continue
+            self.restarts += 1
+            return True
+
+    def wait_restarted(self, previous_pid: int, timeout_s: float = 20.0) -> int:
+        """Block until a new child (pid != previous_pid) is ready; for tests and operators."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                proc = self._proc
+            if isinstance(proc, subprocess.Popen) and proc.pid != previous_pid and proc.poll() is None:
+                return proc.pid
+            if self.gave_up:
+                break
+            time.sleep(0.05)
+        raise InstrumentTimeout("instrument server was not restarted in time")
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        self._stopping.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout_s)
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if isinstance(proc, subprocess.Popen):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            _reap(proc, self._reader)
+
+    def __enter__(self) -> Supervisor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _pump(stream: IO[str], out: queue.Queue[str | None]) -> None:
+    """Forward the child's stdout line by line (and keep draining it so the child never blocks on a pipe)."""
+    try:
+        for line in stream:
+            out.put(line)
+    except (ValueError, OSError):
+        pass
+    finally:
+        out.put(None)
+
+
+def _reap(proc: Any, reader: threading.Thread | None) -> None:
+    if not isinstance(proc, subprocess.Popen):
+        return
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if reader is not None:
+        reader.join(2)
+    if proc.stdout is not None:
+        proc.stdout.close()

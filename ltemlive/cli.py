@@ -1,0 +1,276 @@
+"""The `ltemlive` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+EPILOG = """\
+Units are SI on input (metres, volts, radians). Defocus: positive = over-focus, where a positive phase
+bump looks bright (docs/conventions.md).
+
+examples:
+  ltemlive demo --out runs/demo                      simulate a series and reconstruct it
+  ltemlive simulate --config config/simulate.yaml --out series.h5
+  ltemlive reconstruct series.h5 --out results/       (or SERIES.tif with a SERIES.yaml sidecar)
+  ltemlive tie series.h5 --out results-tie/
+"""
+
+
+def _add_recon_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reconstruction")
+    g.add_argument("--config", type=Path, help="YAML file with reconstruction settings (ReconstructionConfig)")
+    g.add_argument("--device", default=None, help="cpu (default) or cuda")
+    g.add_argument("--max-iter", type=int, default=None, help="cap on phase iterations (default 400)")
+    g.add_argument(
+        "--freeze",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="hold a group at its start value: phase, amplitude, defocus, theta_c, astigmatism, shifts, scales",
+    )
+    g.add_argument("--free", action="append", default=[], metavar="GROUP", help="refine a group (same names)")
+    g.add_argument("--defocus-model", choices=["affine", "per_image"], default=None)
+    g.add_argument("--padding", choices=["extend", "mirror", "zero", "periodic"], default=None)
+    g.add_argument("--float64", action="store_true", help="compute in double precision")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ltemlive",
+        description="ltemlive: live phase reconstruction and defocus feedback for Lorentz TEM.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="simulate a through-focus series on the virtual microscope and reconstruct it")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
+    p.add_argument("--sim-config", type=Path, default=None, help="simulation YAML (default: built-in demo)")
+    p.add_argument("--size", type=int, default=256, help="image size in pixels (default 256)")
+    p.add_argument("--dose", type=float, default=100.0, help="electrons per pixel (default 100)")
+    _add_recon_options(p)
+
+    p = sub.add_parser("simulate", help="write a simulated through-focus series with its ground truth")
+    p.add_argument("--config", type=Path, default=None, help="simulation YAML (see config/simulate.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="output .h5 (or .tif: TIFF stack + YAML sidecar)")
+    p.add_argument("--specimen", default=None, help="specimen name, e.g. resolution_pattern, vortex_disc")
+    p.add_argument("--size", type=int, default=None, help="square image size in pixels")
+    p.add_argument("--dose", type=float, default=None, help="electrons per pixel; omit for noise-free")
+    p.add_argument("--defocus", type=float, nargs="+", default=None, metavar="M", help="nominal defocus (m)")
+    p.add_argument("--seed", type=int, default=None)
+
+    p = sub.add_parser("reconstruct", help="AD reconstruction of a recorded or simulated series")
+    p.add_argument("series", type=Path, help="SERIES.h5 (ltemlive), SERIES.tif + SERIES.yaml, or DM/MRC/EMD")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    _add_recon_options(p)
+
+    p = sub.add_parser("tie", help="transport-of-intensity reconstruction (fast, no refinement)")
+    p.add_argument("series", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--q-cut", type=float, default=None, help="Tikhonov cut-off in cycles per pixel")
+
+    p = sub.add_parser("instrument-server", help="serve a microscope backend over ZeroMQ", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _version() -> str:
+    import ltemlive
+
+    return f"ltemlive {ltemlive.__version__}"
+
+
+def _recon_config(args):
+    import yaml
+
+    from ltemlive.reconstruct import ReconstructionConfig
+
+    data = {}
+    if args.config is not None:
+        data = yaml.safe_load(args.config.read_text()) or {}
+    free = dict(data.get("free", {}))
+    for g in args.freeze:
+        free[g] = False
+    for g in args.free:
+        free[g] = True
+    if free:
+        data["free"] = free
+    if args.device:
+        data["device"] = args.device
+    if args.max_iter is not None:
+        data["max_iter"] = args.max_iter
+    if args.defocus_model:
+        data["defocus_model"] = args.defocus_model
+    if args.padding:
+        data["padding"] = args.padding
+    if args.float64:
+        data["dtype"] = "float64"
+    cfg = ReconstructionConfig.model_validate(data)
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here (use --device cpu)")
+    return cfg
+
+
+def _run_reconstruction(series, cfg, out: Path, console) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ltemlive.reconstruct import Reconstructor
+    from ltemlive.storage.results import write_reconstruction
+
+    rec = Reconstructor(series, cfg)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("it {task.completed:>4.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("reconstructing", total=cfg.max_iter, info="")
+        for snap in rec.steps():
+            df = ", ".join(f"{d * 1e3:+.4f}" for d in snap.defocus_m)
+            info = f"{snap.stage:<13} loss {snap.data_loss:.3e}  df [{df}] mm  θc {snap.theta_c_rad:.2e}"
+            progress.update(task, completed=min(snap.iteration, cfg.max_iter), info=info)
+    result = rec.result()
+    files = write_reconstruction(out, series, result, cfg)
+    _report(console, series, result, files)
+
+
+def _report(console, series, result, files) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"refined parameters ({result.stopped_because}, {result.iterations} it, {result.elapsed_s:.1f} s)")
+    for col in ("image", "nominal df (mm)", "refined df (mm)", "± (um)", "shift (px)"):
+        t.add_column(col, justify="right")
+    for i, (dn, d, s, sh) in enumerate(
+        zip(result.defocus_nominal_m, result.defocus_m, result.defocus_sigma_m, result.shifts_px, strict=True)
+    ):
+        t.add_row(str(i), f"{dn * 1e3:+.4f}", f"{d * 1e3:+.4f}", f"{s * 1e6:.2f}", f"({sh[0]:+.2f}, {sh[1]:+.2f})")
+    console.print(t)
+    console.print(f"theta_c = {result.theta_c_rad:.3e} ± {result.theta_c_sigma_rad:.1e} rad")
+    if series.truth is not None:
+        from ltemlive.metrics import phase_accuracy, phase_rmse
+
+        acc_ad = phase_accuracy(result.phase, series.truth.phase)
+        acc_tie = phase_accuracy(result.tie_phase, series.truth.phase)
+        console.print(
+            f"against the simulator's truth: accuracy AD {acc_ad:.4f} (TIE {acc_tie:.4f}), "
+            f"RMSE AD {phase_rmse(result.phase, series.truth.phase):.3f} rad"
+        )
+        err = (result.defocus_m / series.truth.defocus_m - 1) * 100
+        console.print("defocus error vs truth (%): " + ", ".join(f"{e:+.2f}" for e in err))
+    console.print("wrote: " + ", ".join(sorted(files)))
+
+
+def cmd_demo(args, console) -> int:
+    from ltemlive.sim_bridge import simulate
+    from ltemlive.storage import write_series_h5
+    from simulator.series import SimulationConfig
+
+    if args.sim_config:
+        sim_cfg = SimulationConfig.from_yaml(args.sim_config)
+    else:
+        sim_cfg = SimulationConfig(shape=(args.size, args.size), dose_e_per_px=args.dose, drift_px_per_frame=1.0)
+    cfg = _recon_config(args)
+    h, w = sim_cfg.shape
+    console.print(f"[bold]simulating[/] {sim_cfg.specimen} {h}x{w}, dose {sim_cfg.dose_e_per_px} e/px")
+    series = simulate(sim_cfg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_series_h5(args.out / "series.h5", series)
+    from ltemlive import pictures
+
+    pictures.save_series_png(args.out / "series.png", series.images, series.defocus_m, series.pixel_size_m)
+    _run_reconstruction(series, cfg, args.out, console)
+    return 0
+
+
+def cmd_simulate(args, console) -> int:
+    from ltemlive.sim_bridge import simulate
+    from ltemlive.storage import write_series_h5, write_series_tiff
+    from simulator.series import SimulationConfig
+
+    data = {}
+    if args.config:
+        data = SimulationConfig.from_yaml(args.config).model_dump()
+    for key, val in (("specimen", args.specimen), ("dose_e_per_px", args.dose), ("seed", args.seed)):
+        if val is not None:
+            data[key] = val
+    if args.size is not None:
+        data["shape"] = (args.size, args.size)
+    if args.defocus is not None:
+        data["defocus_m"] = args.defocus
+    series = simulate(SimulationConfig.model_validate(data))
+    if args.out.suffix.lower() in (".tif", ".tiff"):
+        write_series_tiff(args.out, series)
+    else:
+        write_series_h5(args.out, series)
+    console.print(f"wrote {args.out} ({series.n_images} images {series.shape[0]}x{series.shape[1]})")
+    return 0
+
+
+def cmd_reconstruct(args, console) -> int:
+    from ltemlive.storage import read_series
+
+    cfg = _recon_config(args)
+    series = read_series(args.series)
+    _run_reconstruction(series, cfg, args.out, console)
+    return 0
+
+
+def cmd_tie(args, console) -> int:
+    import numpy as np
+    import tifffile
+
+    from ltemlive import pictures
+    from ltemlive.induction import induction_map, save_induction_png
+    from ltemlive.storage import read_series
+    from ltemlive.tie import tie_reconstruct
+
+    s = read_series(args.series)
+    q = None if args.q_cut is None else args.q_cut / s.pixel_size_m
+    res = tie_reconstruct(s.images, s.defocus_m, s.pixel_size_m, s.microscope.voltage_v, tikhonov_q_cut=q)
+    phase = res.phase.cpu().numpy()
+    args.out.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(args.out / "phase.tif", phase.astype(np.float32))
+    pictures.save_phase_png(args.out / "phase.png", phase, s.pixel_size_m, f"TIE phase ({res.method})")
+    bx, by = induction_map(phase, s.pixel_size_m)
+    save_induction_png(args.out / "induction.png", bx, by, s.pixel_size_m)
+    console.print(f"TIE ({res.method}) -> {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=False)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "instrument-server":
+        from drivers.server import main as server_main
+
+        return server_main(args.args)
+    handlers = {"demo": cmd_demo, "simulate": cmd_simulate, "reconstruct": cmd_reconstruct, "tie": cmd_tie}
+    try:
+        return handlers[args.command](args, console)
+    except ValidationError as exc:
+        console.print(f"[red]error:[/] invalid settings:\n{exc}")
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+from PyJEM.detector import Detector, get_attached_detector  # noqa: F401
