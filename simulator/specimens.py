@@ -449,8 +449,9 @@ def resolution_pattern(
     - y = 0: magnetic rings in the vortex state (no stray field), outer diameter 240, 120, 60, 30 nm,
       alternating chirality;
     - y = +400 nm: single-domain magnetic dots magnetised along +x, diameter 200, 100, 50, 25, 12 nm;
-    - y = +850 nm: a vortex disc (radius 200 nm), a non-magnetic thickness wedge (0 -> 2 t over 400 nm,
-      a pure phase ramp), and a group of horizontal bars (width 40 nm) magnetised alternately +-x.
+    - y = +850 nm: a vortex disc (radius 200 nm), a non-magnetic thickness ridge (0 -> t over 320 nm, a
+      pure phase ramp, and back to 0 over 80 nm), and a group of horizontal bars (width 40 nm)
+      magnetised alternately +-x.
 
     Features outside a smaller field of view are simply cut off; beyond the chart is vacuum.
     Edges slope over `edge_width_m` (sidewall); a vertical wall (0) puts a phase step of
@@ -492,7 +493,8 @@ def resolution_pattern(
     cv.add(-750 * nm, 850 * nm, 200 * nm, 200 * nm, _sdf_disc(200 * nm),
            mag=lambda x, y: _tangential(y, x, 1.0))
     cv.add(0.0, 850 * nm, 200 * nm, 150 * nm, _sdf_box(200 * nm, 150 * nm),
-           rel_thickness=lambda x, y: np.clip((x + 200 * nm) / (400 * nm), 0.0, 1.0) * 2.0)
+           rel_thickness=lambda x, y: np.clip(np.minimum((x + 200 * nm) / (320 * nm), (200 * nm - x) / (80 * nm)),
+                                              0.0, 1.0))
     w = 40 * nm
     for k in range(3):
         sign = 1.0 if k % 2 == 0 else -1.0

@@ -14,9 +14,11 @@ them through one gradient:
   detail of the phase).
 - theta_c = theta_c0 exp(t).
 - astigmatism (a_c, a_s) = 1e-7 m (u, v).
-- shifts (dy, dx) in pixels; the reference image is pinned, and the component proportional to
-  (df_n - df_ref) is projected out: a phase ramp shifts each image by lambda df q0, so that component
-  cannot be told apart from a linear phase ramp, and we attribute it to the phase.
+- shifts (dy, dx) in pixels; the reference image is pinned. A linear phase ramp shifts each image by
+  lambda df grad(phi) / 2 pi, which a drift that grows with defocus imitates exactly; acquisitions sweep
+  defocus in order, so drift does grow with defocus. While shifts are refined the ramp is therefore
+  attributed to drift: the best-fit plane over the field of view is removed from the phase
+  (`remove_ramp`). With shifts frozen (pre-aligned series) the phase keeps its ramp.
 - scale_n = exp(k_n), the per-image intensity scale.
 """
 
@@ -48,6 +50,7 @@ class SeriesModel(torch.nn.Module):
         preconditioner_q0: float = 0.02,
         reference: int = 0,
         defocus_mode: str = "affine",
+        remove_ramp: bool = False,
     ):
         super().__init__()
         im = image_model
@@ -73,10 +76,21 @@ class SeriesModel(torch.nn.Module):
         self.register_buffer("amplitude0", amplitude0.to(dev, dt))
         self.register_buffer("precond", _preconditioner(grid_shape, preconditioner_q0, dev, dt))
 
-        # Direction of the shift degeneracy: drift proportional to defocus == a phase ramp.
-        d = base - base[reference]
-        norm = torch.linalg.vector_norm(d)
-        self.register_buffer("degenerate", (d / norm if norm > 0 else d).to(dev, dt))
+        self.remove_ramp = remove_ramp
+        if remove_ramp:
+            # Orthonormal basis of {1, y, x} over the field of view, laid on the whole grid.
+            h, w = grid_shape
+            yy, xx = torch.meshgrid(
+                torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+            )
+            fov = torch.zeros(grid_shape, dtype=torch.float64)
+            fov[im.top : im.top + im.shape[0], im.left : im.left + im.shape[1]] = 1.0
+            basis = torch.stack([torch.ones_like(yy), yy, xx]).reshape(3, -1)
+            q, _ = torch.linalg.qr((basis * fov.reshape(1, -1)).T)
+            self.register_buffer("ramp_q", q.T.to(dev, dt))  # (3, HW): orthonormal on the FOV
+            self.register_buffer("ramp_basis", basis.to(dev, dt))
+            coef = torch.linalg.lstsq((basis * fov.reshape(1, -1)).T, q)[0]  # basis -> q map
+            self.register_buffer("ramp_coef", coef.to(dev, dt))
 
         z = dict(device=dev, dtype=dt)
         self.c = torch.nn.Parameter(torch.zeros(grid_shape, **z))
@@ -92,7 +106,14 @@ class SeriesModel(torch.nn.Module):
     # -- derived physical quantities ------------------------------------------------------------------
     def phase(self) -> torch.Tensor:
         corr = torch.fft.ifft2(torch.fft.fft2(self.c) * self.precond).real
-        return self.phase0 + corr
+        phase = self.phase0 + corr
+        if self.remove_ramp:
+            # Plane fitted on the FOV (coefficients in the orthonormal basis), subtracted everywhere.
+            flat = phase.reshape(-1)
+            proj = self.ramp_q @ flat  # (3,)
+            plane = (self.ramp_coef @ proj) @ self.ramp_basis
+            phase = (flat - plane).reshape(phase.shape)
+        return phase
 
     def phase_fov(self) -> torch.Tensor:
         """The phase on the field of view (the camera frame)."""
@@ -129,8 +150,7 @@ class SeriesModel(torch.nn.Module):
         return self.astig_uv * ASTIG_UNIT_M
 
     def shifts(self) -> torch.Tensor:
-        s = self.s - self.s[self.reference]
-        return s - self.degenerate[:, None] * (self.degenerate @ s)[None, :]
+        return self.s - self.s[self.reference]
 
     def scales(self) -> torch.Tensor:
         return torch.exp(self.k)

@@ -189,6 +189,7 @@ class Reconstructor:
             preconditioner_q0=cfg.preconditioner_q0,
             reference=self.reference,
             defocus_mode=cfg.defocus_model,
+            remove_ramp=cfg.free.shifts,
         )
         self.mask = self.im.valid_mask if cfg.padding == "zero" else None
 
