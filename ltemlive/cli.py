@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +21,15 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reads "-2e-4" as a (negative) number, not as an option: argparse's own test for negative
+    numbers misses scientific notation, so `--defocus -2e-4 2e-4` failed. Subcommand parsers inherit it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+
+
 def _add_recon_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reconstruction")
     g.add_argument("--config", type=Path, help="YAML file with reconstruction settings (ReconstructionConfig)")
@@ -33,13 +43,13 @@ def _add_recon_options(p: argparse.ArgumentParser) -> None:
         help="hold a group at its start value: phase, amplitude, defocus, theta_c, astigmatism, shifts, scales",
     )
     g.add_argument("--free", action="append", default=[], metavar="GROUP", help="refine a group (same names)")
-    g.add_argument("--defocus-model", choices=["affine", "per_image"], default=None)
+    g.add_argument("--defocus-model", choices=["scale", "per_image"], default=None)
     g.add_argument("--padding", choices=["extend", "mirror", "zero", "periodic"], default=None)
     g.add_argument("--float64", action="store_true", help="compute in double precision")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ltemlive",
         description="ltemlive: live phase reconstruction and defocus feedback for Lorentz TEM.",
         epilog=EPILOG,
@@ -89,11 +99,27 @@ def _recon_config(args):
     import yaml
 
     from ltemlive.reconstruct import ReconstructionConfig
+    from ltemlive.reconstruct.config import FreeGroups
 
     data = {}
     if args.config is not None:
-        data = yaml.safe_load(args.config.read_text()) or {}
-    free = dict(data.get("free", {}))
+        try:
+            data = yaml.safe_load(args.config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{args.config}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{args.config}: expected a mapping of reconstruction settings")
+    free = data.get("free") or {}
+    if not isinstance(free, dict):
+        raise ValueError(f"{args.config}: 'free' must map group names to true/false")
+    free = dict(free)
+    valid = list(FreeGroups.model_fields)
+    unknown = [str(g) for g in (*free, *args.freeze, *args.free) if g not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown parameter group(s) {', '.join(repr(g) for g in dict.fromkeys(unknown))}; "
+            f"valid groups: {', '.join(valid)}"
+        )
     for g in args.freeze:
         free[g] = False
     for g in args.free:
@@ -250,11 +276,13 @@ def cmd_tie(args, console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(stderr=False)
+    errors = Console(stderr=True, soft_wrap=True)  # errors on stderr, unwrapped (paths stay whole)
     if args.command is None:
         parser.print_help()
         return 0
@@ -266,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args, console)
     except ValidationError as exc:
-        console.print(f"[red]error:[/] invalid settings:\n{exc}")
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        errors.print(f"[red]error:[/] invalid settings:\n{escape(str(exc))}")
+    except (ValueError, OSError) as exc:
+        errors.print(f"[red]error:[/] {escape(str(exc))}")
     return 2
 
 

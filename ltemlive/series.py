@@ -15,6 +15,18 @@ import numpy as np
 from ltemlive.optics.params import MicroscopeParams
 
 
+def _positive_real(value: Any) -> float | None:
+    """`value` as a float when it is a finite positive real number (Python or NumPy int/float, not a bool),
+    else None."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    try:
+        v = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
 @dataclass
 class GroundTruth:
     """What a simulated series really is; absent for recorded data."""
@@ -50,7 +62,13 @@ class Series:
             raise ValueError("images contain NaN or infinite values")
         if (images < 0).any() and self.dose_e_per_px is not None:
             raise ValueError("images contain negative counts, but a dose was given (counts cannot be negative)")
-        defocus = np.atleast_1d(np.asarray(self.defocus_m, dtype=np.float64))
+        try:
+            raw = np.asarray(self.defocus_m)
+            if raw.dtype == bool:
+                raise TypeError("booleans are not lengths")
+            defocus = np.atleast_1d(np.asarray(self.defocus_m, dtype=np.float64))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"defocus_m must be numbers in metres, one per image ({exc})") from exc
         if defocus.ndim != 1 or defocus.size != images.shape[0]:
             raise ValueError(
                 f"defocus_m has {defocus.size} values but there are {images.shape[0]} images; "
@@ -58,14 +76,18 @@ class Series:
             )
         if not np.isfinite(defocus).all():
             raise ValueError(f"defocus_m must be finite, got {defocus.tolist()}")
-        px = self.pixel_size_m
-        if not (isinstance(px, int | float) and math.isfinite(px) and px > 0):
+        px = _positive_real(self.pixel_size_m)
+        if px is None:
             raise ValueError(f"pixel_size_m must be a finite positive length in metres, got {self.pixel_size_m!r}")
-        if self.dose_e_per_px is not None and not (math.isfinite(self.dose_e_per_px) and self.dose_e_per_px > 0):
-            raise ValueError(f"dose_e_per_px must be positive and finite, got {self.dose_e_per_px!r}")
+        dose = None
+        if self.dose_e_per_px is not None:
+            dose = _positive_real(self.dose_e_per_px)
+            if dose is None:
+                raise ValueError(f"dose_e_per_px must be positive and finite, got {self.dose_e_per_px!r}")
         self.images = images
         self.defocus_m = defocus
-        self.pixel_size_m = float(self.pixel_size_m)
+        self.pixel_size_m = px
+        self.dose_e_per_px = dose
 
     @property
     def n_images(self) -> int:

@@ -25,10 +25,10 @@ class ReconstructionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     free: FreeGroups = Field(default_factory=FreeGroups)
-    defocus_model: Literal["affine", "per_image"] = Field(
-        "affine",
-        description="affine: true = scale * nominal + offset (a lens calibration error); per_image: one "
-        "free defocus per image (hysteresis), less well determined",
+    defocus_model: Literal["scale", "per_image"] = Field(
+        "scale",
+        description="scale: true = scale * nominal (a lens calibration error); per_image: one free defocus "
+        "per image on top (offset, hysteresis), less well determined",
     )
     loss: Literal["auto", "poisson", "sqrt_gaussian"] = Field(
         "auto", description="auto: Poisson NLL when the dose is known, else a square-root-domain Gaussian"
@@ -55,7 +55,6 @@ class ReconstructionConfig(BaseModel):
     defocus_scan_range: float = Field(0.15, gt=0, le=0.5, description="relative half-range of that scan")
     block_iter: int = Field(15, ge=1, le=1000, description="phase steps between optics updates")
     optics_iter: int = Field(6, ge=1, le=1000, description="optics steps per update")
-    coarse_to_fine: bool = Field(True, description="start on a 2x binned grid when the images are large")
     device: str = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
     seed: int = 0

@@ -6,12 +6,10 @@ them through one gradient:
 - phase = phase0 + P c, with P a Fourier preconditioner 1 + (q0/q)^2 that boosts low frequencies (they
   otherwise converge slowly); c in rad.
 - amplitude = amplitude0 exp(a).
-- defocus: `affine` (default) df_n = base_n + 1 um * o, one offset for the series (the global scale is
-  set by the solver's data-only scale fit, which moves base); or `per_image` df_n = base_n (1 + rel_n)
-  with rel_n = 1e-3 r_n minus its mean (again the common scale is the solver's), images with base 0
-  pinned. A lens miscalibration (scale and offset) is affine; hysteresis or a drifting lens needs
-  per_image, which is less well determined (the images near focus trade their defocus against the fine
-  detail of the phase).
+- defocus: df_n = base_n (1 + rel_n). `scale` (default): rel = 0, the common scale is set by the
+  solver's data-only fit (which moves base). `per_image`: rel_n = 1e-3 r_n minus its mean, refined by
+  gradient on top of that scale; images with base 0 pinned. Per-image values are less well determined
+  (the images near focus trade their defocus against the fine detail of the phase).
 - theta_c = theta_c0 exp(t).
 - astigmatism (a_c, a_s) = 1e-7 m (u, v).
 - shifts (dy, dx) in pixels; the reference image is pinned. A linear phase ramp shifts each image by
@@ -31,8 +29,7 @@ from ltemlive.optics.forward import ImageModel
 ASTIG_UNIT_M = 1e-7
 DEFOCUS_REL_UNIT = 1e-3
 DEFOCUS_MIN_UNIT_M = 1e-6
-OFFSET_UNIT_M = 1e-6
-THETA_LOG_BOUND = 4.0
+THETA_LOG_BOUND = 2.0
 
 
 class SeriesModel(torch.nn.Module):
@@ -49,7 +46,7 @@ class SeriesModel(torch.nn.Module):
         log_scales0: torch.Tensor | None = None,
         preconditioner_q0: float = 0.02,
         reference: int = 0,
-        defocus_mode: str = "affine",
+        defocus_mode: str = "scale",
         remove_ramp: bool = False,
     ):
         super().__init__()
@@ -59,8 +56,8 @@ class SeriesModel(torch.nn.Module):
         n = len(defocus_base_m)
         self.n = n
         self.reference = reference
-        if defocus_mode not in ("affine", "per_image"):
-            raise ValueError(f"defocus_mode must be 'affine' or 'per_image', got {defocus_mode!r}")
+        if defocus_mode not in ("scale", "per_image"):
+            raise ValueError(f"defocus_mode must be 'scale' or 'per_image', got {defocus_mode!r}")
         self.defocus_mode = defocus_mode
         base = torch.as_tensor(defocus_base_m, dtype=torch.float64)
         self.register_buffer("defocus_base", base.to(dev, dt))
@@ -96,7 +93,6 @@ class SeriesModel(torch.nn.Module):
         self.c = torch.nn.Parameter(torch.zeros(grid_shape, **z))
         self.a = torch.nn.Parameter(torch.zeros(grid_shape, **z))
         self.r = torch.nn.Parameter(torch.zeros(n, **z))
-        self.o = torch.nn.Parameter(torch.zeros((), **z))
         self.t = torch.nn.Parameter(torch.zeros((), **z))
         self.astig_uv = torch.nn.Parameter(torch.tensor(astig0, **z) / ASTIG_UNIT_M)
         self.s = torch.nn.Parameter(torch.zeros(n, 2, **z) if shifts0 is None else shifts0.to(dev, dt).clone())
@@ -128,10 +124,8 @@ class SeriesModel(torch.nn.Module):
         return self.amplitude0 * torch.exp(self.a)
 
     def defocus(self) -> torch.Tensor:
-        if self.defocus_mode == "affine":
-            # Soft bound on the offset: a fifth of the largest |defocus|.
-            bound = 0.2 * float(self.defocus_base.abs().max()) / OFFSET_UNIT_M
-            return self.defocus_base + OFFSET_UNIT_M * bound * torch.tanh(self.o / bound)
+        if self.defocus_mode == "scale":
+            return self.defocus_base
         # The common part of r (a global defocus scale) is removed: together with the phase scale it is
         # nearly invisible in the data, so a gradient step along it follows the regulariser instead
         # (shrinking the phase, inflating the defocus). The solver sets the global scale by a data-only
@@ -143,7 +137,7 @@ class SeriesModel(torch.nn.Module):
         return self.defocus_base * (1 + (rel - common) * free)
 
     def theta_c(self) -> torch.Tensor:
-        # Soft bound: within a factor e^4 of the start, so a wild line-search trial cannot reach inf.
+        # Soft bound: within a factor e^2 of the start, so a wild line-search trial cannot reach inf.
         return self.theta_c0 * torch.exp(THETA_LOG_BOUND * torch.tanh(self.t / THETA_LOG_BOUND))
 
     def astig(self) -> torch.Tensor:
@@ -185,7 +179,6 @@ class SeriesModel(torch.nn.Module):
         self.defocus_base.copy_(base)
         self.defocus_unit.copy_(torch.clamp(base.abs() * DEFOCUS_REL_UNIT, min=DEFOCUS_MIN_UNIT_M))
         self.r.zero_()
-        self.o.zero_()
 
     @torch.no_grad()
     def set_phase(self, phase: torch.Tensor) -> None:

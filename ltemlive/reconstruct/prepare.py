@@ -38,21 +38,24 @@ def remove_hot_pixels(stack: np.ndarray, threshold: float = 8.0) -> tuple[np.nda
     return out, replaced
 
 
-def _band_pass(img: np.ndarray) -> np.ndarray:
+def _band_pass(img: np.ndarray, magnitude: bool = False) -> np.ndarray:
     g = ndimage.gaussian_filter(img, 1.0) - ndimage.gaussian_filter(img, 6.0)
+    if magnitude:
+        g = np.abs(g)
     win = np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
     return (g - g.mean()) * win
 
 
-def cross_correlation_shift(moving: np.ndarray, fixed: np.ndarray, max_shift_px: float, sign: float = 1.0):
+def cross_correlation_shift(moving: np.ndarray, fixed: np.ndarray, max_shift_px: float, magnitude: bool = False):
     """Shift (dy, dx) of `moving` relative to `fixed` from the band-passed cross-correlation peak.
 
-    sign = -1 looks for inverted contrast: to first order in df (TIE), I(+df) - 1 = -(I(-df) - 1), so
-    images on opposite sides of focus correlate negatively.
+    magnitude=True correlates |band-passed contrast|: phase contrast inverts between +df and -df while
+    absorption contrast does not, so the signed images of a +-df pair may correlate either way, but
+    their edges sit in the same places.
     """
     h, w = fixed.shape
-    xc = np.fft.ifft2(np.fft.fft2(_band_pass(moving)) * np.fft.fft2(_band_pass(fixed)).conj()).real
-    xc = sign * np.fft.fftshift(xc)
+    a, b = _band_pass(moving, magnitude), _band_pass(fixed, magnitude)
+    xc = np.fft.fftshift(np.fft.ifft2(np.fft.fft2(a) * np.fft.fft2(b).conj()).real)
     cy, cx = h // 2, w // 2
     r = int(min(max_shift_px, cy - 1, cx - 1))
     win = xc[cy - r : cy + r + 1, cx - r : cx + r + 1]
@@ -62,7 +65,7 @@ def cross_correlation_shift(moving: np.ndarray, fixed: np.ndarray, max_shift_px:
 
 
 def register_pair(stack: np.ndarray, defocus_m: np.ndarray, max_shift_px: float = 16.0) -> np.ndarray:
-    """Initial shifts (dy, dx): the innermost +-df pair registered to each other (contrast inverted),
+    """Initial shifts (dy, dx): the innermost +-df pair registered to each other (by contrast magnitude),
     the others left at 0 until a model exists (Reconstructor registers them to its predicted images,
     which have the same contrast as the data: images far from focus are displaced by local phase
     gradients, so registering them directly to a near-focus image is biased)."""
@@ -70,7 +73,7 @@ def register_pair(stack: np.ndarray, defocus_m: np.ndarray, max_shift_px: float 
     ref = reference_index(defocus_m)
     partner = _opposite_partner(defocus_m, ref)
     if partner is not None:
-        shifts[partner] = cross_correlation_shift(stack[partner], stack[ref], max_shift_px, sign=-1.0)
+        shifts[partner] = cross_correlation_shift(stack[partner], stack[ref], max_shift_px, magnitude=True)
     return shifts
 
 

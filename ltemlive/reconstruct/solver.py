@@ -38,6 +38,7 @@ from ltemlive.tie import tie_reconstruct
 # weight = reg_factor * 2 * sigma^2 / (N * CURVATURE_SCALE). Measured on the simulator's specimens.
 CURVATURE_SCALE = 0.02
 MIN_DOSE = 2000.0
+SCALE_FIT_AT = (0.3, 0.45, 0.6, 0.75)  # latest points (fractions of max_iter) for the scale fits
 REG_START = 8.0
 # Tikhonov cut-off of the starting TIE, cycles per pixel: TIE's 1/q^2 amplifies low-frequency noise.
 TIE_Q_CUT_PER_PX = 0.005
@@ -147,7 +148,7 @@ class Reconstructor:
         self.warm = warm_start is not None
         if warm_start is not None:
             tie_phase = warm_start.tie_phase
-            phase0 = warm_start.extras.get("phase_grid", warm_start.phase)
+            phase0 = warm_start.phase  # the model pads it by mirroring
             defocus0 = calibrated_defocus(warm_start, nominal)
             theta_c0 = warm_start.theta_c_rad
             astig0 = warm_start.astig_m
@@ -255,12 +256,15 @@ class Reconstructor:
             loss.backward()
             return loss
 
-        defocus_params = (self.model.r, self.model.o)
+        defocus_params = (self.model.r,)
         for p in self.model.parameters():
             held = any(p is d for d in defocus_params) and not self._defocus_on
             p.requires_grad_(any(p is q for q in params) and not held)
         backup = [p.detach().clone() for p in params]
-        loss = opt.step(closure)
+        try:
+            loss = opt.step(closure)
+        except ValueError:  # the optics refused a non-finite trial point (e.g. defocus)
+            loss = None
         bad = loss is None or not torch.isfinite(torch.as_tensor(loss)).all()
         bad = bad or any(not torch.isfinite(p).all() for p in params)
         if bad:
@@ -277,8 +281,10 @@ class Reconstructor:
 
     def optics_params(self) -> list[torch.nn.Parameter]:
         m, f = self.model, self.cfg.free
-        df = m.o if self.cfg.defocus_model == "affine" else m.r
-        pairs = ((df, f.defocus), (m.t, f.theta_c), (m.astig_uv, f.astigmatism), (m.s, f.shifts), (m.k, f.scales))
+        # scale: the common scale is set by data-only fits (see _fit_global_scale); per_image: the
+        # per-image differences are refined by gradient on top.
+        per_image = f.defocus and self.cfg.defocus_model == "per_image"
+        pairs = ((m.r, per_image), (m.t, f.theta_c), (m.astig_uv, f.astigmatism), (m.s, f.shifts), (m.k, f.scales))
         return [p for p, on in pairs if on]
 
     # -- stages ---------------------------------------------------------------------------------------
@@ -395,7 +401,7 @@ class Reconstructor:
         phase_opt = new_phase_opt()
         optics_opt = self._lbfgs(optics_params, cfg.optics_iter) if optics_params else None
         refine_defocus = cfg.free.defocus and phase_opt is not None
-        scale_ranges = [cfg.defocus_scan_range, 0.05, 0.02, 0.01] if not self.warm else [0.02, 0.01]
+        scale_ranges = [cfg.defocus_scan_range, 0.05, 0.02, 0.01] if not self.warm else [0.05, 0.02, 0.01]
         if not (refine_defocus and cfg.defocus_scan):
             scale_ranges = []
         self._defocus_on = not refine_defocus and cfg.free.defocus  # phase fixed: defocus from the start
@@ -407,13 +413,16 @@ class Reconstructor:
             self.iterations += max(self._n_iter(phase_opt) - before, 1)
             m.freeze_optics(False)
 
+        # A warm start knows its shifts to a pixel: only small corrections, so that a poorly matched
+        # detail cannot pull an image onto a wrong correlation peak.
+        max_shift = 2.0 if self.warm else 16.0
         if cfg.free.shifts:
-            self._register_to_model()
+            self._register_to_model(max_shift)
         if phase_opt is not None:
             phase_block()
             yield self._record("warm-up")
         if cfg.free.shifts:
-            self._register_to_model()
+            self._register_to_model(max_shift)
             phase_opt = new_phase_opt()
 
         prev = math.inf
@@ -433,7 +442,10 @@ class Reconstructor:
             rel = (prev - snap.loss) / max(abs(snap.loss), 1e-30)
             prev = snap.loss
             settled = 0 <= rel < cfg.rtol * cfg.block_iter * 10
-            if refine_defocus and settled and scale_ranges:
+            # Scale fits when the refinement has settled, and at the latest at fixed fractions of the
+            # iteration budget, so that a capped run still gets every one of them.
+            due = scale_ranges and self.iterations >= SCALE_FIT_AT[-len(scale_ranges)] * cfg.max_iter
+            if refine_defocus and scale_ranges and (settled or due):
                 self._fit_global_scale(scale_ranges.pop(0), "scale")
                 self._defocus_on = True
                 phase_opt, prev = new_phase_opt(), math.inf
@@ -497,6 +509,7 @@ class Reconstructor:
                     "defocus_scans": self.scans,
                     "phase_grid": m.phase().double().cpu().numpy(),
                     "rejected_steps": self.rejected_steps,
+                    "reference": self.reference,
                 },
             )
 

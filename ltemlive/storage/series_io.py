@@ -6,7 +6,8 @@ Formats read:
 - DM3/DM4, MRC, EMD and others through RosettaSciIO when it is installed (defocus from a sidecar).
 
 Sidecar keys: `defocus_m` (list, one per image, docs/conventions.md sign: positive = over-focus),
-`pixel_size_m`, `voltage_v`, `cs_m`; optional `theta_c_rad`, `focal_spread_m`, `dose_e_per_px`.
+`pixel_size_m`, `voltage_v`, `cs_m`; optional `theta_c_rad`, `focal_spread_m`, `astig_m`, `astig_azimuth_rad`,
+`aperture_q_max`, `dose_e_per_px`. Every value is a plain number (a boolean is not a number).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import h5py
 import numpy as np
 import tifffile
 import yaml
+from pydantic import ValidationError
 
 from ltemlive.optics.params import MicroscopeParams
 from ltemlive.series import GroundTruth, Series
@@ -27,7 +29,7 @@ from ltemlive.series import GroundTruth, Series
 FORMAT = "ltemlive-series"
 FORMAT_VERSION = 1
 REQUIRED_SIDECAR_KEYS = ("defocus_m", "pixel_size_m", "voltage_v", "cs_m")
-OPTIONAL_MICROSCOPE_KEYS = ("theta_c_rad", "focal_spread_m", "astig_m", "astig_azimuth_rad")
+OPTIONAL_MICROSCOPE_KEYS = ("theta_c_rad", "focal_spread_m", "astig_m", "astig_azimuth_rad", "aperture_q_max")
 
 
 class SeriesFormatError(ValueError):
@@ -93,16 +95,21 @@ def write_series_tiff(path: str | Path, series: Series) -> Path:
     """Write the images as a float32 TIFF stack and the metadata as a YAML sidecar (for interchange)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, series.images.astype(np.float32))
+    # minisblack: an (N, H, W) stack of grey images, never one RGB(A) image when N is 3 or 4
+    tifffile.imwrite(path, series.images.astype(np.float32), photometric="minisblack")
+    micro = series.microscope
     meta: dict[str, Any] = {
         "defocus_m": [float(d) for d in series.defocus_m],
-        "pixel_size_m": series.pixel_size_m,
-        "voltage_v": series.microscope.voltage_v,
-        "cs_m": series.microscope.cs_m,
-        "theta_c_rad": series.microscope.theta_c_rad,
+        "pixel_size_m": float(series.pixel_size_m),
+        "voltage_v": float(micro.voltage_v),
+        "cs_m": float(micro.cs_m),
     }
+    for key in OPTIONAL_MICROSCOPE_KEYS:
+        value = getattr(micro, key)
+        if value is not None:
+            meta[key] = float(value)
     if series.dose_e_per_px is not None:
-        meta["dose_e_per_px"] = series.dose_e_per_px
+        meta["dose_e_per_px"] = float(series.dose_e_per_px)
     sidecar_path(path).write_text(yaml.safe_dump(meta, sort_keys=False))
     return path
 
@@ -118,6 +125,10 @@ def _load_sidecar(path: Path) -> dict[str, Any]:
         meta = yaml.safe_load(sc.read_text()) or {}
     except yaml.YAMLError as exc:
         raise SeriesFormatError(f"{sc}: not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise SeriesFormatError(f"{sc}: not a usable sidecar (nested too deeply)") from exc
+    except UnicodeDecodeError as exc:
+        raise SeriesFormatError(f"{sc}: not a UTF-8 text file: {exc}") from exc
     if not isinstance(meta, dict):
         raise SeriesFormatError(f"{sc}: expected a mapping of keys to values")
     missing = [k for k in REQUIRED_SIDECAR_KEYS if k not in meta]
@@ -126,38 +137,67 @@ def _load_sidecar(path: Path) -> dict[str, Any]:
     return meta
 
 
+def _number(value: Any, key: str, source: Path, what: str) -> float:
+    """A sidecar value as a finite float: a plain int or float (not a bool, string, list, mapping or date)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SeriesFormatError(f"{source}: {key} must be {what}, got {value!r}")
+    try:
+        out = float(value)
+    except OverflowError as exc:  # an integer too large for a float
+        raise SeriesFormatError(f"{source}: {key} must be {what}, got an integer too large for a float") from exc
+    if not math.isfinite(out):
+        raise SeriesFormatError(f"{source}: {key} must be {what}, got {value!r}")
+    return out
+
+
 def _series_from(images: np.ndarray, meta: dict[str, Any], source: Path) -> Series:
+    try:
+        return _validated_series(images, meta, source)
+    except RecursionError as exc:
+        raise SeriesFormatError(f"{source}: metadata nested too deeply to be a series sidecar") from exc
+
+
+def _validated_series(images: np.ndarray, meta: dict[str, Any], source: Path) -> Series:
     images = np.asarray(images)
     if images.ndim == 2:
         images = images[None]
     defocus = meta["defocus_m"]
     if not isinstance(defocus, list | tuple):
         defocus = [defocus]
-    try:
-        defocus = [float(d) for d in defocus]
-    except (TypeError, ValueError) as exc:
-        raise SeriesFormatError(f"{source}: defocus_m must be a list of numbers in metres") from exc
+    defocus = [_number(d, "defocus_m", source, "a list of numbers in metres") for d in defocus]
     if images.shape[0] == 1 and len(defocus) == 0:
         raise SeriesFormatError(f"{source}: a single image needs its defocus_m value")
     if np.isnan(images).any():
         raise SeriesFormatError(f"{source}: images contain NaN values")
     dose = meta.get("dose_e_per_px")
-    if dose is not None and (images < 0).any():
-        raise SeriesFormatError(f"{source}: images contain negative counts but dose_e_per_px is given")
-    kwargs = {"voltage_v": meta["voltage_v"], "cs_m": meta["cs_m"]}
-    kwargs.update({k: meta[k] for k in OPTIONAL_MICROSCOPE_KEYS if k in meta and meta[k] is not None})
-    microscope = MicroscopeParams(**kwargs)
-    px = meta["pixel_size_m"]
-    if not isinstance(px, int | float) or not math.isfinite(px) or px <= 0:
+    if dose is not None:
+        dose = _number(dose, "dose_e_per_px", source, "a positive number of electrons per pixel")
+        if dose <= 0:
+            raise SeriesFormatError(f"{source}: dose_e_per_px must be a positive number of electrons per pixel")
+        if (images < 0).any():
+            raise SeriesFormatError(f"{source}: images contain negative counts but dose_e_per_px is given")
+    kwargs = {k: _number(meta[k], k, source, "a number (SI units)") for k in ("voltage_v", "cs_m")}
+    for k in OPTIONAL_MICROSCOPE_KEYS:
+        if meta.get(k) is not None:
+            kwargs[k] = _number(meta[k], k, source, "a number (SI units)")
+    try:
+        microscope = MicroscopeParams(**kwargs)
+    except ValidationError as exc:
+        raise SeriesFormatError(f"{source}: invalid microscope settings: {exc}") from exc
+    px = _number(meta["pixel_size_m"], "pixel_size_m", source, "a positive length in metres")
+    if px <= 0:
         raise SeriesFormatError(f"{source}: pixel_size_m must be a positive length in metres, got {px!r}")
-    return Series(
-        images=images,
-        defocus_m=np.asarray(defocus),
-        pixel_size_m=float(px),
-        microscope=microscope,
-        dose_e_per_px=None if dose is None else float(dose),
-        metadata={"source": str(source)},
-    )
+    try:
+        return Series(
+            images=images,
+            defocus_m=np.asarray(defocus, dtype=np.float64),
+            pixel_size_m=px,
+            microscope=microscope,
+            dose_e_per_px=dose,
+            metadata={"source": str(source)},
+        )
+    except ValueError as exc:
+        raise SeriesFormatError(f"{source}: {exc}") from exc
 
 
 def _read_tiff(path: Path) -> Series:

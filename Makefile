@@ -1,0 +1,20 @@
+# The two commands of README.md. Each sets up .venv itself on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench setup
+
+setup:
+	./scripts/bootstrap.sh
+
+demo: setup
+	$(VENV)/bin/ltemlive demo --out runs/demo
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/bench_forward.py
+	$(PY) bench/bench_tie.py
+	$(PY) bench/bench_ad.py

@@ -1,0 +1,183 @@
+"""AD reconstructor on small simulated series: phase and true defocus recovered, frozen groups frozen,
+streaming equal to batch, uncertainties reported, bad input refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ltemlive.metrics import phase_accuracy, phase_rmse
+from ltemlive.reconstruct import ReconstructionConfig, Reconstructor, reconstruct
+from ltemlive.reconstruct.streaming import StreamingReconstruction
+from ltemlive.series import Series
+from ltemlive.sim_bridge import simulate
+from simulator.series import SimulationConfig
+
+DEFOCUS = [-1.2e-3, -0.1e-3, 0.1e-3, 1.2e-3]
+PX = 10e-9
+# A vortex disc well inside a 1.28 um field, sampled well by 10 nm pixels (no sub-pixel phase steps).
+SPECIMEN = {
+    "specimen": "vortex_disc",
+    "specimen_params": {"radius_m": 300e-9, "thickness_m": 20e-9, "mean_inner_potential_v": 10.0, "xi0_m": 300e-9},
+}
+
+
+@pytest.fixture(scope="module")
+def clean_series() -> Series:
+    """128 px, noise-free, with the nominal defocus 6 % off (a miscalibrated lens)."""
+    cfg = SimulationConfig(
+        shape=(128, 128), pixel_size_m=PX, oversample=1, defocus_m=DEFOCUS, dose_e_per_px=None, seed=3,
+        defocus_scale_error=-0.06, **SPECIMEN,
+    )
+    return simulate(cfg)
+
+
+@pytest.fixture(scope="module")
+def noisy_series() -> Series:
+    cfg = SimulationConfig(
+        shape=(128, 128), pixel_size_m=PX, oversample=2, defocus_m=DEFOCUS, dose_e_per_px=200.0, seed=4, **SPECIMEN
+    )
+    return simulate(cfg)
+
+
+@pytest.fixture(scope="module")
+def clean_result(clean_series):
+    return reconstruct(clean_series, ReconstructionConfig(max_iter=250))
+
+
+def test_recovers_phase_better_than_tie(clean_series, clean_result):
+    truth = clean_series.truth.phase
+    acc_ad = phase_accuracy(clean_result.phase, truth)
+    acc_tie = phase_accuracy(clean_result.tie_phase, truth)
+    assert acc_ad > 0.99, acc_ad
+    assert acc_ad > acc_tie
+    assert phase_rmse(clean_result.phase, truth) < 0.1
+
+
+def test_recovers_true_defocus_from_miscalibrated_nominal(clean_series, clean_result):
+    true = clean_series.truth.defocus_m
+    nominal_err = np.abs(clean_series.defocus_m / true - 1)
+    err = np.abs(clean_result.defocus_m / true - 1)
+    assert nominal_err.min() > 0.05  # the nominal values really are off
+    # Stated tolerance on clean 128 px data: within 2 % from 6 % off (measured 1.6 %: the scale fit is
+    # biased by the regularised phase shape; docs/reconstruction.md lists this as an open problem).
+    assert err.max() < 0.02, err
+
+
+def test_uncertainties_are_reported(clean_result):
+    assert np.all(np.isfinite(clean_result.defocus_sigma_m))
+    assert np.all(clean_result.defocus_sigma_m > 0)
+    assert np.isfinite(clean_result.theta_c_sigma_rad) and clean_result.theta_c_sigma_rad > 0
+    params = clean_result.parameters()
+    assert len(params["defocus_m"]) == 4 and len(params["defocus_sigma_m"]) == 4
+
+
+def test_noisy_series_poisson_loss(noisy_series):
+    res = reconstruct(noisy_series, ReconstructionConfig(max_iter=150))
+    assert res.loss_kind == "poisson"
+    truth = noisy_series.truth.phase
+    assert phase_accuracy(res.phase, truth) > phase_accuracy(res.tie_phase, truth)
+    assert phase_accuracy(res.phase, truth) > 0.9
+
+
+def test_sqrt_gaussian_without_dose(noisy_series):
+    s = Series(
+        images=noisy_series.images * 3.7,  # arbitrary camera units
+        defocus_m=noisy_series.defocus_m,
+        pixel_size_m=noisy_series.pixel_size_m,
+        microscope=noisy_series.microscope,
+    )
+    rec = Reconstructor(s, ReconstructionConfig(max_iter=60))
+    assert rec.loss_kind == "sqrt_gaussian"
+    res = rec.run()
+    assert phase_accuracy(res.phase, noisy_series.truth.phase) > 0.85
+
+
+def test_frozen_groups_stay_frozen(clean_series):
+    cfg = ReconstructionConfig(
+        max_iter=30, free={"defocus": False, "theta_c": False, "shifts": False, "scales": False}
+    )
+    res = reconstruct(clean_series, cfg)
+    np.testing.assert_allclose(res.defocus_m, clean_series.defocus_m, rtol=1e-6)  # float32 round trip
+    assert res.theta_c_rad == pytest.approx(clean_series.microscope.theta_c_rad, rel=1e-6)
+    np.testing.assert_array_equal(res.shifts_px, 0.0)
+    assert np.all(np.isnan(res.defocus_sigma_m))
+
+    frozen_phase = reconstruct(clean_series, ReconstructionConfig(max_iter=20, free={"phase": False}))
+    tie = frozen_phase.tie_phase - frozen_phase.tie_phase.mean()
+    # With shifts free, only the FOV plane is removed from the phase; nothing else may change.
+    assert phase_accuracy(frozen_phase.phase, tie) > 0.999
+
+
+def test_drift_is_removed():
+    cfg = SimulationConfig(
+        shape=(128, 128), pixel_size_m=PX, oversample=1, defocus_m=DEFOCUS, seed=5, drift_px_per_frame=1.5, **SPECIMEN
+    )
+    series = simulate(cfg)
+    res = reconstruct(series, ReconstructionConfig(max_iter=150))
+    true = series.truth.shifts_px - series.truth.shifts_px[res.extras.get("reference", 1)]
+    assert np.abs(res.shifts_px - true).max() < 0.5, (res.shifts_px, true)
+    assert phase_accuracy(res.phase, series.truth.phase) > 0.9
+
+
+def test_streaming_with_all_images_equals_batch(clean_series):
+    cfg = ReconstructionConfig(max_iter=40)
+    batch = reconstruct(clean_series, cfg)
+    stream = StreamingReconstruction(clean_series.microscope, clean_series.pixel_size_m, config=cfg)
+    for img, df in zip(clean_series.images, clean_series.defocus_m, strict=True):
+        stream.add_image(img, df)
+    res = stream.run()
+    np.testing.assert_allclose(res.phase, batch.phase, atol=1e-5)
+    np.testing.assert_allclose(res.defocus_m, batch.defocus_m, rtol=1e-7)
+
+
+def test_streaming_incremental_converges_to_batch(clean_series, clean_result):
+    cfg = ReconstructionConfig(max_iter=250)
+    stream = StreamingReconstruction(clean_series.microscope, clean_series.pixel_size_m, config=cfg)
+    snaps = []
+    order = [1, 2, 0, 3]  # near focus first, as a live acquisition might
+    for i in order:
+        stream.add_image(clean_series.images[i], clean_series.defocus_m[i])
+        for _ in range(3):
+            s = stream.step()
+            if s is not None:
+                snaps.append(s)
+    res = stream.run()
+    assert snaps, "the stream produced no snapshot while images arrived"
+    back = np.argsort(order)
+    assert phase_accuracy(res.phase, clean_result.phase) > 0.98
+    np.testing.assert_allclose(res.defocus_m[back], clean_result.defocus_m, rtol=0.03)
+
+    nxt = stream.next_series()
+    for i in range(4):
+        nxt.add_image(clean_series.images[i], clean_series.defocus_m[i])
+    warm = nxt.run()
+    assert warm.iterations < res.iterations + 250
+    assert phase_accuracy(warm.phase, clean_series.truth.phase) > 0.97
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"images": np.ones((3, 32, 32)), "defocus_m": [1e-4, -1e-4]}, "defocus_m has 2 values"),
+        ({"images": np.ones((2, 32, 32)), "defocus_m": [np.nan, 1e-4]}, "finite"),
+        ({"images": np.full((2, 32, 32), np.nan), "defocus_m": [1e-4, -1e-4]}, "NaN"),
+        ({"images": -np.ones((2, 32, 32)), "defocus_m": [1e-4, -1e-4], "dose_e_per_px": 10.0}, "negative"),
+    ],
+)
+def test_bad_input_is_refused(kwargs, message, clean_series):
+    with pytest.raises(ValueError, match=message):
+        Series(pixel_size_m=5e-9, microscope=clean_series.microscope, **kwargs)
+
+
+def test_single_defocus_is_refused(clean_series):
+    s = Series(
+        images=clean_series.images[:2], defocus_m=[1e-4, 1e-4], pixel_size_m=5e-9, microscope=clean_series.microscope
+    )
+    with pytest.raises(ValueError, match="two different"):
+        Reconstructor(s)
+    one = Series(
+        images=clean_series.images[:1], defocus_m=[1e-4], pixel_size_m=5e-9, microscope=clean_series.microscope
+    )
+    with pytest.raises(ValueError, match="at least two images"):
+        Reconstructor(one)
