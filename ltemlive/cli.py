@@ -279,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["instrument-server"]:
+        # The server has its own parser (drivers/server.py); hand it everything, --help included.
+        from drivers.server import main as server_main
+
+        return server_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(stderr=False)
@@ -286,10 +291,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command == "instrument-server":
-        from drivers.server import main as server_main
-
-        return server_main(args.args)
     handlers = {"demo": cmd_demo, "simulate": cmd_simulate, "reconstruct": cmd_reconstruct, "tie": cmd_tie}
     try:
         return handlers[args.command](args, console)

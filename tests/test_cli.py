@@ -278,3 +278,10 @@ def test_cuda_requested_without_cuda(tmp_path, capsys):
     assert_error(
         capsys, ["reconstruct", str(tif), "--out", str(tmp_path / "o"), "--device", "cuda"], "--device cuda", "CUDA"
     )
+
+
+def test_instrument_server_help_is_the_servers(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["instrument-server", "--help"])
+    assert exc.value.code == 0
+    assert "Instrument server" in capsys.readouterr().out

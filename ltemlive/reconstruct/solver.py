@@ -202,6 +202,8 @@ class Reconstructor:
             raise ValueError("loss='poisson' needs the dose (dose_e_per_px) of the series")
         self.dose = series.dose_e_per_px
         sqrt_var = 1.0 / (4 * self.dose) if self.dose else estimate_sqrt_noise_variance(self.data)
+        self.sqrt_var = max(sqrt_var, 1.0 / (4 * MIN_DOSE))
+        self.scale_sigma = math.inf
         self.noise_level = expected_misfit(self.loss_kind, self.dose, sqrt_var)
         if cfg.reg_weight == "auto":
             # variance-stabilised noise variance, the same for either loss; floored at the level of
@@ -368,19 +370,36 @@ class Reconstructor:
                 losses.append(float(self.objective()[1]))
                 rows.append((1.0, g, u, g * g, g * u, u * u))
         a = np.asarray(rows)
-        y = np.asarray(losses)
+        y = np.asarray(losses) * self._nll_per_loss()  # total negative log-likelihood units
         coef = np.linalg.lstsq(a, y, rcond=None)[0]
         hess = np.array([[2 * coef[3], coef[4]], [coef[4], 2 * coef[5]]])
-        best = rows[int(np.argmin(y))]
-        g_best, u_best = best[1], best[2]
+        g_best = u_best = 0.0
+        sigma_g = math.inf
+        g_fit = u_fit = math.nan
         if np.all(np.linalg.eigvalsh(hess) > 0):
             g_fit, u_fit = np.linalg.solve(hess, -coef[1:3])
-            if abs(g_fit) <= 1.5 * rng and abs(u_fit) <= 0.1:
-                g_best, u_best = float(g_fit), float(u_fit)
+            sigma_g = float(np.sqrt(np.linalg.inv(hess)[0, 0]))
+            # A trust-region step towards the vertex, at most the sampled range; and only when the data
+            # pin the scale down better than that range: with few or noisy images the surface is shallow
+            # and its vertex is noise, so the scale stays (and sigma_g reports how little is known).
+            if sigma_g <= 0.5 * rng:
+                g_best = float(np.clip(g_fit, -rng, rng))
+                u_best = float(np.clip(u_fit, -0.1, 0.1))
         m.rebase_defocus(base * (1 + g_best))
         m.set_phase(phase * (1 + u_best) / (1 + g_best))
         m.freeze_optics(False)
-        self.scans.append({"stage": stage, "range": rng, "g": float(g_best), "u": float(u_best)})
+        self.scale_sigma = sigma_g
+        self.scans.append(
+            {"stage": stage, "range": rng, "g": float(g_best), "u": float(u_best), "sigma_g": sigma_g,
+             "g_vertex": float(g_fit), "u_vertex": float(u_fit)}
+        )
+
+    def _nll_per_loss(self) -> float:
+        """Factor from the mean per-pixel data loss to the total negative log-likelihood."""
+        n_pix = self.data.numel() if self.mask is None else int(self.mask.sum()) * self.data.shape[0]
+        if self.loss_kind == "poisson":
+            return float(self.dose) * n_pix
+        return n_pix / (2.0 * self.sqrt_var)
 
     def steps(self) -> Iterator[Snapshot]:
         """Run the reconstruction, yielding a snapshot after each block of iterations.
@@ -480,6 +499,11 @@ class Reconstructor:
 
         m = self.model
         sig = parameter_uncertainty(self)
+        if self.cfg.free.defocus and math.isfinite(self.scale_sigma):
+            # The common scale is known only as well as its data-only fit says (the Fisher estimate holds
+            # the phase shape fixed and is far too optimistic along the scale/phase-scale valley).
+            scale_part = np.abs(m.defocus().double().cpu().numpy()) * self.scale_sigma
+            sig["defocus_m"] = np.sqrt(np.nan_to_num(sig["defocus_m"]) ** 2 + scale_part**2)
         with torch.no_grad():
             phase = m.phase_fov()
             phase = phase - phase.mean()
