@@ -49,7 +49,12 @@ class ReconstructionConfig(BaseModel):
         0.0, ge=0, le=10, description="stop when the data misfit reaches this multiple of the noise level (0: off)"
     )
     preconditioner_q0: float = Field(
-        0.02, ge=0, le=0.5, description="low-frequency boost q0 in cycles/pixel for the phase correction"
+        0.02,
+        ge=0,
+        le=0.5,
+        description="low-frequency boost q0 in cycles/pixel for the phase correction; larger converges faster "
+        "on benign data but also amplifies the low-frequency errors of the TIE start into local minima "
+        "(0.005 is more robust on strongly non-linear series, slower on smooth ones)",
     )
     defocus_scan: bool = Field(True, description="scan a global defocus scale before refining per image")
     defocus_scan_range: float = Field(0.15, gt=0, le=0.5, description="relative half-range of that scan")
