@@ -61,6 +61,22 @@ class Capability(str, Enum):
     ROI = "roi"
 
 
+# Everything a full column offers; backends declare this set, or this set less what they lack.
+MICROSCOPE_CAPABILITIES = frozenset(
+    {
+        Capability.DEFOCUS,
+        Capability.LENS_MODE,
+        Capability.MAGNIFICATION,
+        Capability.PIXEL_SIZE,
+        Capability.STAGE_XY,
+        Capability.STAGE_Z,
+        Capability.STAGE_ALPHA,
+        Capability.STAGE_BETA,
+        Capability.BEAM_BLANK,
+    }
+)
+
+
 class LensMode(str, Enum):
     TEM = "tem"  # objective lens on
     LORENTZ = "lorentz"  # objective lens off / field-free, focus by the Lorentz (mini) lens

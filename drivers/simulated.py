@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from drivers.base import CameraBase, MicroscopeBase
 from drivers.errors import HardwareFault, InstrumentTimeout
 from drivers.interface import (
+    MICROSCOPE_CAPABILITIES,
     Calibration,
     CameraInfo,
     Capability,
@@ -205,19 +206,7 @@ class SimulatedInstrument:
 
 
 class SimulatedMicroscope(MicroscopeBase):
-    CAPABILITIES = frozenset(
-        {
-            Capability.DEFOCUS,
-            Capability.LENS_MODE,
-            Capability.MAGNIFICATION,
-            Capability.PIXEL_SIZE,
-            Capability.STAGE_XY,
-            Capability.STAGE_Z,
-            Capability.STAGE_ALPHA,
-            Capability.STAGE_BETA,
-            Capability.BEAM_BLANK,
-        }
-    )
+    CAPABILITIES = MICROSCOPE_CAPABILITIES
 
     def __init__(self, instrument: SimulatedInstrument) -> None:
         cfg = instrument.config

@@ -26,13 +26,7 @@ PIXEL_M = 10e-9
 DEFOCUS_M = [-4e-4, -4e-5, 4e-5, 4e-4]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: one intra-op thread is fastest, and avoids spin-wait contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def one_line(text: str) -> str:

@@ -19,13 +19,7 @@ DEFOCUS_M = (-0.4e-3, 0.1e-3, 0.5e-3)
 PARAMS = MicroscopeParams(cs_m=1e-3, theta_c_rad=1e-5, focal_spread_m=100e-9, astig_m=3e-8, astig_azimuth_rad=0.4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: one intra-op thread is fastest, and avoids spin-wait contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def gauss(n, cy, cx, sigma):

@@ -31,13 +31,7 @@ F64 = torch.float64
 COHERENT = dict(cs_m=0.0, theta_c_rad=0.0, focal_spread_m=0.0)  # no aberration, no envelope
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: one intra-op thread is fastest, and avoids spin-wait contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def gauss(n, cy, cx, sigma):

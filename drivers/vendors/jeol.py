@@ -26,7 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.base import CameraBase, MicroscopeBase
 from drivers.errors import HardwareFault, InstrumentTimeout, NotAvailable, OutOfRange
-from drivers.interface import Calibration, CameraInfo, Capability, LensMode, Roi, SettleSpec, StagePosition
+from drivers.interface import (
+    MICROSCOPE_CAPABILITIES,
+    Calibration,
+    CameraInfo,
+    Capability,
+    LensMode,
+    Roi,
+    SettleSpec,
+    StagePosition,
+)
 from drivers.vendors import import_vendor
 
 __all__ = ["JeolCamera", "JeolConfig", "JeolInstrument", "JeolMicroscope"]
@@ -75,19 +84,7 @@ class JeolInstrument:
 
 
 class JeolMicroscope(MicroscopeBase):
-    CAPABILITIES = frozenset(
-        {
-            Capability.DEFOCUS,
-            Capability.LENS_MODE,
-            Capability.MAGNIFICATION,
-            Capability.PIXEL_SIZE,
-            Capability.STAGE_XY,
-            Capability.STAGE_Z,
-            Capability.STAGE_ALPHA,
-            Capability.STAGE_BETA,
-            Capability.BEAM_BLANK,
-        }
-    )
+    CAPABILITIES = MICROSCOPE_CAPABILITIES
 
     def __init__(self, inst: JeolInstrument) -> None:
         c = inst.config

@@ -28,7 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.base import CameraBase, MicroscopeBase
 from drivers.errors import HardwareFault, InstrumentTimeout, NotAvailable
-from drivers.interface import Calibration, CameraInfo, Capability, LensMode, Roi, SettleSpec, StagePosition
+from drivers.interface import (
+    MICROSCOPE_CAPABILITIES,
+    Calibration,
+    CameraInfo,
+    Capability,
+    LensMode,
+    Roi,
+    SettleSpec,
+    StagePosition,
+)
 from drivers.vendors import import_vendor
 
 __all__ = ["ThermoCamera", "ThermoConfig", "ThermoInstrument", "ThermoMicroscope"]
@@ -72,18 +81,8 @@ class ThermoInstrument:
 
 
 class ThermoMicroscope(MicroscopeBase):
-    CAPABILITIES = frozenset(
-        {
-            Capability.DEFOCUS,
-            Capability.MAGNIFICATION,
-            Capability.PIXEL_SIZE,
-            Capability.STAGE_XY,
-            Capability.STAGE_Z,
-            Capability.STAGE_ALPHA,
-            Capability.STAGE_BETA,
-            Capability.BEAM_BLANK,
-        }
-    )
+    # TEM scripting cannot switch to the Lorentz configuration: lens mode is not offered.
+    CAPABILITIES = MICROSCOPE_CAPABILITIES - {Capability.LENS_MODE}
 
     def __init__(self, inst: ThermoInstrument) -> None:
         c = inst.config
