@@ -56,7 +56,7 @@ class ReconstructionConfig(BaseModel):
         "on benign data but also amplifies the low-frequency errors of the TIE start into local minima "
         "(0.005 is more robust on strongly non-linear series, slower on smooth ones)",
     )
-    defocus_scan: bool = Field(True, description="scan a global defocus scale before refining per image")
+    defocus_scan: bool = Field(True, description="set the common defocus scale by data-only fits")
     defocus_scan_range: float = Field(0.15, gt=0, le=0.5, description="relative half-range of that scan")
     block_iter: int = Field(15, ge=1, le=1000, description="phase steps between optics updates")
     optics_iter: int = Field(6, ge=1, le=1000, description="optics steps per update")

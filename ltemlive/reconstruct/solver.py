@@ -202,15 +202,14 @@ class Reconstructor:
             raise ValueError("loss='poisson' needs the dose (dose_e_per_px) of the series")
         self.dose = series.dose_e_per_px
         sqrt_var = 1.0 / (4 * self.dose) if self.dose else estimate_sqrt_noise_variance(self.data)
+        self.noise_level = expected_misfit(self.loss_kind, self.dose, sqrt_var)
+        # Variance-stabilised noise variance, the same for either loss; floored at the level of MIN_DOSE
+        # electrons/px because clean data still need some curvature penalty to keep the fit out of the
+        # local minima of strong phase gradients (and the scale fit a finite likelihood scale).
         self.sqrt_var = max(sqrt_var, 1.0 / (4 * MIN_DOSE))
         self.scale_sigma = math.inf
-        self.noise_level = expected_misfit(self.loss_kind, self.dose, sqrt_var)
         if cfg.reg_weight == "auto":
-            # variance-stabilised noise variance, the same for either loss; floored at the level of
-            # MIN_DOSE electrons/px because clean data still need some curvature penalty to keep the fit
-            # out of the local minima of strong phase gradients.
-            sigma2 = max(sqrt_var, 1.0 / (4 * MIN_DOSE))
-            self.reg_weight = cfg.reg_factor * 2 * sigma2 / (series.n_images * CURVATURE_SCALE)
+            self.reg_weight = cfg.reg_factor * 2 * self.sqrt_var / (series.n_images * CURVATURE_SCALE)
         else:
             self.reg_weight = float(cfg.reg_weight)
         # Continuation: start smoother (REG_START x), halve each block down to the target weight; a warm
@@ -306,7 +305,7 @@ class Reconstructor:
         )
         return snap
 
-    def snapshot(self, stage: str, loss: float, d: float, r: float, with_phase: bool = False) -> Snapshot:
+    def snapshot(self, stage: str, loss: float, d: float, r: float) -> Snapshot:
         m = self.model
         with torch.no_grad():
             a = m.astig()
@@ -322,7 +321,6 @@ class Reconstructor:
                 shifts_px=m.shifts().cpu().numpy(),
                 scales=m.scales().cpu().numpy(),
                 elapsed_s=time.perf_counter() - self.t0,
-                phase=m.phase_fov().cpu().numpy() if with_phase else None,
             )
 
     def _scales_init(self) -> None:
@@ -353,8 +351,8 @@ class Reconstructor:
         order in g (TIE fixes df * phi), so a regulariser would decide g (shrinking the phase and
         inflating the defocus) if g were left to the gradient. Instead the data misfit is sampled on a
         5 x 5 grid of (g, u) and fitted by a quadratic surface; u absorbs the regulariser's shrinkage of
-        the phase so that it does not bias g. Falls back to the best grid point if the surface is not
-        convex.
+        the phase so that it does not bias g. The scale moves by a trust-region step (at most the sampled
+        range) and only when the surface is convex and pins g down; otherwise it stays.
         """
         m = self.model
         base = m.defocus().detach().clone()
@@ -531,7 +529,6 @@ class Reconstructor:
                 hot_pixels_replaced=self.hot_pixels,
                 extras={
                     "defocus_scans": self.scans,
-                    "phase_grid": m.phase().double().cpu().numpy(),
                     "rejected_steps": self.rejected_steps,
                     "reference": self.reference,
                 },
