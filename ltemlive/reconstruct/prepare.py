@@ -64,17 +64,37 @@ def cross_correlation_shift(moving: np.ndarray, fixed: np.ndarray, max_shift_px:
     return py + dy - r, px + dx - r
 
 
-def register_pair(stack: np.ndarray, defocus_m: np.ndarray, max_shift_px: float = 16.0) -> np.ndarray:
-    """Initial shifts (dy, dx): the innermost +-df pair registered to each other (by contrast magnitude),
-    the others left at 0 until a model exists (Reconstructor registers them to its predicted images,
-    which have the same contrast as the data: images far from focus are displaced by local phase
-    gradients, so registering them directly to a near-focus image is biased)."""
-    shifts = np.zeros((stack.shape[0], 2))
+def register_pair(stack: np.ndarray, defocus_m: np.ndarray, max_shift_px: float = 16.0) -> list[np.ndarray]:
+    """Candidate initial shifts (dy, dx): the innermost +-df pair registered to each other, the others left
+    at 0 until a model exists (Reconstructor registers them to its predicted images, which have the same
+    contrast as the data: images far from focus are displaced by local phase gradients, so registering
+    them directly to a near-focus image is biased).
+
+    A +-df pair is neither a copy nor an inverted copy of each other: phase contrast inverts across focus,
+    absorption contrast does not, and strong phase gradients displace features in opposite directions.
+    Correlating the magnitude of the band-passed contrast and correlating the signed contrast each failed
+    on some measured series (by 2-3 px), so both are returned (distinct ones only) and the caller keeps
+    the one whose starting model explains the data best."""
     ref = reference_index(defocus_m)
     partner = _opposite_partner(defocus_m, ref)
-    if partner is not None:
-        shifts[partner] = cross_correlation_shift(stack[partner], stack[ref], max_shift_px, magnitude=True)
-    return shifts
+    zero = np.zeros((stack.shape[0], 2))
+    if partner is None:
+        return [zero]
+    out: list[np.ndarray] = []
+    for magnitude in (True, False):
+        shifts = zero.copy()
+        shifts[partner] = cross_correlation_shift(stack[partner], stack[ref], max_shift_px, magnitude=magnitude)
+        out.append(shifts)
+    every = zero.copy()
+    for i in range(len(defocus_m)):
+        if i != ref:
+            every[i] = cross_correlation_shift(stack[i], stack[ref], max_shift_px, magnitude=True)
+    out.append(every)
+    distinct: list[np.ndarray] = []
+    for shifts in out:
+        if not any(np.abs(shifts - o).max() < 0.5 for o in distinct):
+            distinct.append(shifts)
+    return distinct
 
 
 def _opposite_partner(defocus_m: np.ndarray, ref: int) -> int | None:

@@ -31,6 +31,7 @@ from ltemlive.reconstruct.loss import (
     sqrt_gaussian_loss,
 )
 from ltemlive.reconstruct.model import SeriesModel
+from ltemlive.reconstruct.vortices import branch_cut_count, remove_vortices
 from ltemlive.series import Series
 from ltemlive.tie import tie_reconstruct
 
@@ -40,6 +41,7 @@ CURVATURE_SCALE = 0.02
 MIN_DOSE = 2000.0
 SCALE_FIT_AT = (0.3, 0.45, 0.6, 0.75)  # latest points (fractions of max_iter) for the scale fits
 REG_START = 8.0
+U_RANGE = 0.05  # relative phase-scale range sampled with the defocus scale
 # Tikhonov cut-off of the starting TIE, cycles per pixel: TIE's 1/q^2 amplifies low-frequency noise.
 TIE_Q_CUT_PER_PX = 0.005
 
@@ -134,18 +136,84 @@ class Reconstructor:
         data, self.hot_pixels = prepare.remove_hot_pixels(data)
         self.reference = prepare.reference_index(nominal)
 
-        shifts0 = np.zeros((series.n_images, 2))
-        if warm_start is not None:
-            # Images seen before keep their shifts; new ones are registered to the model in steps().
-            k = min(len(warm_start.shifts_px), series.n_images)
-            shifts0[:k] = warm_start.shifts_px[:k]
-        elif cfg.free.shifts:
-            shifts0 = prepare.register_pair(data, nominal)
-        aligned = prepare.fourier_shift(data, -shifts0)
-        amplitude0 = prepare.starting_amplitude(aligned, nominal)
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)  # noqa: E731
+        self.data = t(data)
+        self.mask = None
+        # Loss and the regulariser weight, both from the noise level.
+        self.loss_kind = cfg.loss
+        if self.loss_kind == "auto":
+            self.loss_kind = "poisson" if series.dose_e_per_px is not None else "sqrt_gaussian"
+        if self.loss_kind == "poisson" and series.dose_e_per_px is None:
+            raise ValueError("loss='poisson' needs the dose (dose_e_per_px) of the series")
+        self.dose = series.dose_e_per_px
+        sqrt_var = 1.0 / (4 * self.dose) if self.dose else estimate_sqrt_noise_variance(self.data)
+        self.noise_level = expected_misfit(self.loss_kind, self.dose, sqrt_var)
+        # Variance-stabilised noise variance, the same for either loss; floored at the level of MIN_DOSE
+        # electrons/px because clean data still need some curvature penalty to keep the fit out of the
+        # local minima of strong phase gradients (and the scale fit a finite likelihood scale).
+        self.sqrt_var = max(sqrt_var, 1.0 / (4 * MIN_DOSE))
 
         mic = series.microscope
         self.warm = warm_start is not None
+        self.im = ImageModel(
+            series.shape,
+            series.pixel_size_m,
+            mic,
+            max_abs_defocus_m=float(np.abs(nominal).max()) * 1.3,
+            padding=cfg.padding,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        if cfg.padding == "zero":
+            self.mask = self.im.valid_mask
+        if warm_start is not None:
+            # Images seen before keep their shifts; new ones are registered to the model in steps().
+            shifts0 = np.zeros((series.n_images, 2))
+            k = min(len(warm_start.shifts_px), series.n_images)
+            shifts0[:k] = warm_start.shifts_px[:k]
+            self.model, self.tie_phase = self._start_model(data, shifts0, warm_start)
+        elif not cfg.free.shifts:
+            self.model, self.tie_phase = self._start_model(data, np.zeros((series.n_images, 2)), None)
+        else:
+            # Each candidate registration of the innermost pair gives a TIE start; the far images are
+            # registered to its predictions and the start that explains the data best is kept.
+            best = None
+            for shifts0 in prepare.register_pair(data, nominal):
+                model, tie_phase = self._start_model(data, shifts0, None)
+                self.model = model
+                self._scales_init()
+                self._register_to_model(16.0)
+                with torch.no_grad():
+                    misfit = float(self.data_loss(model()))
+                if best is None or misfit < best[0]:
+                    best = (misfit, model, tie_phase)
+            _, self.model, self.tie_phase = best
+        self.scale_sigma = math.inf
+        if cfg.reg_weight == "auto":
+            self.reg_weight = cfg.reg_factor * 2 * self.sqrt_var / (series.n_images * CURVATURE_SCALE)
+        else:
+            self.reg_weight = float(cfg.reg_weight)
+        # Continuation: start smoother (REG_START x), halve each block down to the target weight; a warm
+        # start is already near the optimum and starts at the target.
+        self.reg_target = self.reg_weight
+        self.reg_weight = self.reg_target * (1.0 if self.warm else REG_START)
+        self.regularizer = REGULARIZERS.get(cfg.regularization)
+
+        self.history: list[dict] = []
+        self.scans: list[dict] = []
+        self.rejected_steps = 0
+        self.vortex_removals: list[dict] = []
+        self.iterations = 0
+        self.stopped_because = "not run"
+        self._last_loss = math.inf
+
+    def _start_model(self, data: np.ndarray, shifts0: np.ndarray, warm_start) -> tuple[SeriesModel, np.ndarray]:
+        """The starting model for given initial shifts: amplitude and TIE phase from the aligned images
+        (or the previous result's phase and calibration for a warm start)."""
+        cfg, series, nominal = self.cfg, self.series, self.series.defocus_m
+        mic = series.microscope
+        aligned = prepare.fourier_shift(data, -shifts0)
+        amplitude0 = prepare.starting_amplitude(aligned, nominal)
         if warm_start is not None:
             tie_phase = warm_start.tie_phase
             phase0 = warm_start.phase  # the model pads it by mirroring
@@ -166,20 +234,8 @@ class Reconstructor:
             defocus0 = nominal
             theta_c0 = mic.theta_c_rad
             astig0 = (0.0, 0.0)
-        self.tie_phase = tie_phase
-
-        self.im = ImageModel(
-            series.shape,
-            series.pixel_size_m,
-            mic,
-            max_abs_defocus_m=float(np.abs(nominal).max()) * 1.3,
-            padding=cfg.padding,
-            device=self.device,
-            dtype=self.dtype,
-        )
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)  # noqa: E731
-        self.data = t(data)
-        self.model = SeriesModel(
+        model = SeriesModel(
             self.im,
             defocus0,
             phase0=t(phase0),
@@ -192,38 +248,7 @@ class Reconstructor:
             defocus_mode=cfg.defocus_model,
             remove_ramp=cfg.free.shifts,
         )
-        self.mask = self.im.valid_mask if cfg.padding == "zero" else None
-
-        # Loss and the regulariser weight, both from the noise level.
-        self.loss_kind = cfg.loss
-        if self.loss_kind == "auto":
-            self.loss_kind = "poisson" if series.dose_e_per_px is not None else "sqrt_gaussian"
-        if self.loss_kind == "poisson" and series.dose_e_per_px is None:
-            raise ValueError("loss='poisson' needs the dose (dose_e_per_px) of the series")
-        self.dose = series.dose_e_per_px
-        sqrt_var = 1.0 / (4 * self.dose) if self.dose else estimate_sqrt_noise_variance(self.data)
-        self.noise_level = expected_misfit(self.loss_kind, self.dose, sqrt_var)
-        # Variance-stabilised noise variance, the same for either loss; floored at the level of MIN_DOSE
-        # electrons/px because clean data still need some curvature penalty to keep the fit out of the
-        # local minima of strong phase gradients (and the scale fit a finite likelihood scale).
-        self.sqrt_var = max(sqrt_var, 1.0 / (4 * MIN_DOSE))
-        self.scale_sigma = math.inf
-        if cfg.reg_weight == "auto":
-            self.reg_weight = cfg.reg_factor * 2 * self.sqrt_var / (series.n_images * CURVATURE_SCALE)
-        else:
-            self.reg_weight = float(cfg.reg_weight)
-        # Continuation: start smoother (REG_START x), halve each block down to the target weight; a warm
-        # start is already near the optimum and starts at the target.
-        self.reg_target = self.reg_weight
-        self.reg_weight = self.reg_target * (1.0 if self.warm else REG_START)
-        self.regularizer = REGULARIZERS.get(cfg.regularization)
-
-        self.history: list[dict] = []
-        self.scans: list[dict] = []
-        self.rejected_steps = 0
-        self.iterations = 0
-        self.stopped_because = "not run"
-        self._last_loss = math.inf
+        return model, tie_phase
 
     # -- objective ------------------------------------------------------------------------------------
     def data_loss(self, images: torch.Tensor) -> torch.Tensor:
@@ -344,7 +369,7 @@ class Reconstructor:
         m.s.add_(torch.as_tensor(delta, dtype=m.s.dtype, device=m.s.device))
 
     @torch.no_grad()
-    def _fit_global_scale(self, rng: float, stage: str) -> None:
+    def _fit_global_scale(self, rng: float, stage: str) -> bool:
         """Set the global defocus scale g from the data alone.
 
         Along the path df -> df (1 + g), phi -> phi (1 + u) / (1 + g) the images change only at second
@@ -358,7 +383,7 @@ class Reconstructor:
         base = m.defocus().detach().clone()
         phase = m.phase().detach().clone()
         gs = np.linspace(-rng, rng, 5)
-        us = np.linspace(-0.04, 0.04, 5)
+        us = np.linspace(-U_RANGE, U_RANGE, 5)
         rows, losses = [], []
         for g in gs:
             m.rebase_defocus(base * (1 + g))
@@ -374,15 +399,19 @@ class Reconstructor:
         g_best = u_best = 0.0
         sigma_g = math.inf
         g_fit = u_fit = math.nan
+        inside = True  # a surface that pins nothing down is final: no retry
         if np.all(np.linalg.eigvalsh(hess) > 0):
             g_fit, u_fit = np.linalg.solve(hess, -coef[1:3])
             sigma_g = float(np.sqrt(np.linalg.inv(hess)[0, 0]))
-            # A trust-region step towards the vertex, at most the sampled range; and only when the data
-            # pin the scale down better than that range: with few or noisy images the surface is shallow
-            # and its vertex is noise, so the scale stays (and sigma_g reports how little is known).
+            # Move only when the data pin the scale down better than the sampled range (with few or noisy
+            # images the surface is shallow and its vertex is noise). The quadratic model is trusted inside
+            # the sampled box; a vertex outside it (seen while the phase is still poor: -17 % with a true
+            # 0 % on two images) earns a step of a third of the range towards it and a repeat of the fit.
             if sigma_g <= 0.5 * rng:
-                g_best = float(np.clip(g_fit, -rng, rng))
-                u_best = float(np.clip(u_fit, -0.1, 0.1))
+                inside = abs(g_fit) <= rng and abs(u_fit) <= U_RANGE
+                step = rng if inside else rng / 3
+                g_best = float(np.clip(g_fit, -step, step))
+                u_best = float(np.clip(u_fit, -U_RANGE, U_RANGE))
         m.rebase_defocus(base * (1 + g_best))
         m.set_phase(phase * (1 + u_best) / (1 + g_best))
         m.freeze_optics(False)
@@ -391,6 +420,7 @@ class Reconstructor:
             {"stage": stage, "range": rng, "g": float(g_best), "u": float(u_best), "sigma_g": sigma_g,
              "g_vertex": float(g_fit), "u_vertex": float(u_fit)}
         )
+        return inside
 
     def _nll_per_loss(self) -> float:
         """Factor from the mean per-pixel data loss to the total negative log-likelihood."""
@@ -424,11 +454,14 @@ class Reconstructor:
         self._defocus_on = not refine_defocus and cfg.free.defocus  # phase fixed: defocus from the start
 
         def phase_block():
+            nonlocal phase_opt
             m.freeze_optics(True)
             before = self._n_iter(phase_opt)
             self._step(phase_opt, phase_params)
             self.iterations += max(self._n_iter(phase_opt) - before, 1)
             m.freeze_optics(False)
+            if cfg.free.phase and self._remove_vortices():
+                phase_opt = new_phase_opt()
 
         # A warm start knows its shifts to a pixel: only small corrections, so that a poorly matched
         # detail cannot pull an image onto a wrong correlation peak.
@@ -443,6 +476,7 @@ class Reconstructor:
             phase_opt = new_phase_opt()
 
         prev = math.inf
+        retries = 0
         while True:
             if optics_opt is not None:
                 self._step(optics_opt, optics_params)
@@ -452,6 +486,9 @@ class Reconstructor:
                 phase_block()
             snap = self._record("refine")
             yield snap
+            if self.iterations >= cfg.max_iter:
+                self.stopped_because = "iteration cap"
+                break
             if self.reg_weight > self.reg_target:
                 self.reg_weight = max(self.reg_target, 0.5 * self.reg_weight)
                 prev = math.inf  # the objective changed: no convergence test on this block
@@ -460,10 +497,16 @@ class Reconstructor:
             prev = snap.loss
             settled = 0 <= rel < cfg.rtol * cfg.block_iter * 10
             # Scale fits when the refinement has settled, and at the latest at fixed fractions of the
-            # iteration budget, so that a capped run still gets every one of them.
+            # iteration budget, so that a capped run gets them too (the cap is never exceeded by more
+            # than a block).
             due = scale_ranges and self.iterations >= SCALE_FIT_AT[-len(scale_ranges)] * cfg.max_iter
             if refine_defocus and scale_ranges and (settled or due):
-                self._fit_global_scale(scale_ranges.pop(0), "scale")
+                # A fit whose vertex fell outside its box is repeated at the same range (twice at most).
+                confirmed = self._fit_global_scale(scale_ranges[0], "scale")
+                retries = retries + 1 if not confirmed else 0
+                if confirmed or retries > 2:
+                    scale_ranges.pop(0)
+                    retries = 0
                 self._defocus_on = True
                 phase_opt, prev = new_phase_opt(), math.inf
                 yield self._record("defocus scale")
@@ -474,11 +517,18 @@ class Reconstructor:
             if 0 <= rel < cfg.rtol * cfg.block_iter:
                 self.stopped_because = "converged (relative change)"
                 break
-            if self.iterations >= cfg.max_iter:
-                self.stopped_because = "iteration cap"
-                break
         for p in m.parameters():
             p.requires_grad_(False)
+
+    @torch.no_grad()
+    def _remove_vortices(self) -> bool:
+        phase = self.model.phase()
+        cuts = branch_cut_count(phase)
+        if cuts == 0:
+            return False
+        self.model.set_phase(remove_vortices(phase))
+        self.vortex_removals.append({"iteration": self.iterations, "branch_cut_pixels": cuts})
+        return True
 
     @staticmethod
     def _n_iter(opt) -> int:
@@ -530,6 +580,7 @@ class Reconstructor:
                 extras={
                     "defocus_scans": self.scans,
                     "rejected_steps": self.rejected_steps,
+                    "vortex_removals": self.vortex_removals,
                     "reference": self.reference,
                 },
             )
