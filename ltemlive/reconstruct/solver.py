@@ -417,8 +417,15 @@ class Reconstructor:
         m.freeze_optics(False)
         self.scale_sigma = sigma_g
         self.scans.append(
-            {"stage": stage, "range": rng, "g": float(g_best), "u": float(u_best), "sigma_g": sigma_g,
-             "g_vertex": float(g_fit), "u_vertex": float(u_fit)}
+            {
+                "stage": stage,
+                "range": rng,
+                "g": float(g_best),
+                "u": float(u_best),
+                "sigma_g": sigma_g,
+                "g_vertex": float(g_fit),
+                "u_vertex": float(u_fit),
+            }
         )
         return inside
 
