@@ -118,6 +118,15 @@ def test_drift_is_removed():
     true = series.truth.shifts_px - series.truth.shifts_px[res.extras.get("reference", 1)]
     assert np.abs(res.shifts_px - true).max() < 0.5, (res.shifts_px, true)
     assert phase_accuracy(res.phase, series.truth.phase) > 0.9
+    # No branch cut (vortex) is left in the result: neighbours differ by less than pi.
+    assert np.abs(np.diff(res.phase, axis=0)).max() < np.pi and np.abs(np.diff(res.phase, axis=1)).max() < np.pi
+
+
+def test_iteration_cap_is_respected(clean_series):
+    cfg = ReconstructionConfig(max_iter=20)
+    res = reconstruct(clean_series, cfg)
+    assert res.stopped_because == "iteration cap"
+    assert res.iterations <= cfg.max_iter + cfg.block_iter
 
 
 def test_streaming_with_all_images_equals_batch(clean_series):
