@@ -1,13 +1,15 @@
 """The AD reconstructor: fit the microscope to a through-focus series.
 
 Stages (each measured to help on simulated series; see docs/reconstruction.md):
-1. prepare: normalise, remove hot pixels, register, TIE starting phase, starting amplitude;
+1. prepare: normalise, remove hot pixels, starting amplitude and TIE phase for each candidate
+   registration, the candidate whose start explains the data best kept;
 2. warm-up: a few phase-only L-BFGS steps at the nominal optics (transfer function cached);
 3. defocus scan: one global defocus scale, scanned and fitted with a parabola (the phase rescaled to
    keep df * phi, the quantity the images fix to first order);
 4. joint refinement, alternating two persistent L-BFGS optimisers: phase (and amplitude) with the
    optics cached, then the optics (per-image defocus, theta_c, astigmatism, shifts, scales) with the
-   phase held; until the discrepancy or relative-change rule, or the iteration cap.
+   phase held; phase vortices removed after each phase block (reconstruct/vortices.py); until the
+   discrepancy or relative-change rule, or the iteration cap.
 """
 
 from __future__ import annotations
