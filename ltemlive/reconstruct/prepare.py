@@ -64,17 +64,18 @@ def cross_correlation_shift(moving: np.ndarray, fixed: np.ndarray, max_shift_px:
     return py + dy - r, px + dx - r
 
 
-def register_pair(stack: np.ndarray, defocus_m: np.ndarray, max_shift_px: float = 16.0) -> list[np.ndarray]:
-    """Candidate initial shifts (dy, dx): the innermost +-df pair registered to each other, the others left
-    at 0 until a model exists (Reconstructor registers them to its predicted images, which have the same
-    contrast as the data: images far from focus are displaced by local phase gradients, so registering
-    them directly to a near-focus image is biased).
+def registration_candidates(stack: np.ndarray, defocus_m: np.ndarray, max_shift_px: float = 16.0) -> list[np.ndarray]:
+    """Candidate initial shifts (dy, dx), distinct ones only; the caller keeps the one whose starting model
+    explains the data best (and registers the images left at 0 to that model's predictions).
 
-    A +-df pair is neither a copy nor an inverted copy of each other: phase contrast inverts across focus,
-    absorption contrast does not, and strong phase gradients displace features in opposite directions.
-    Correlating the magnitude of the band-passed contrast and correlating the signed contrast each failed
-    on some measured series (by 2-3 px), so both are returned (distinct ones only) and the caller keeps
-    the one whose starting model explains the data best."""
+    - the innermost +-df pair registered to each other by the magnitude of the band-passed contrast,
+      the others at 0;
+    - the same pair by the signed contrast;
+    - every image registered to the near-focus reference by magnitude.
+    Each rule failed on some measured series by 2-3 px: a +-df pair is neither a copy nor an inverted copy
+    of itself (phase contrast inverts across focus, absorption contrast does not, and strong phase
+    gradients displace features in opposite directions), and images far from focus are displaced by local
+    phase gradients relative to a near-focus one."""
     ref = reference_index(defocus_m)
     partner = _opposite_partner(defocus_m, ref)
     zero = np.zeros((stack.shape[0], 2))

@@ -177,10 +177,10 @@ class Reconstructor:
         elif not cfg.free.shifts:
             self.model, self.tie_phase = self._start_model(data, np.zeros((series.n_images, 2)), None)
         else:
-            # Each candidate registration of the innermost pair gives a TIE start; the far images are
-            # registered to its predictions and the start that explains the data best is kept.
+            # Each candidate registration gives a TIE start; the images it left unregistered are
+            # registered to that start's predictions, and the start that explains the data best is kept.
             best = None
-            for shifts0 in prepare.register_pair(data, nominal):
+            for shifts0 in prepare.registration_candidates(data, nominal):
                 model, tie_phase = self._start_model(data, shifts0, None)
                 self.model = model
                 self._scales_init()
