@@ -138,8 +138,7 @@ class Reconstructor:
         data, self.hot_pixels = prepare.remove_hot_pixels(data)
         self.reference = prepare.reference_index(nominal)
 
-        t = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)  # noqa: E731
-        self.data = t(data)
+        self.data = self._tensor(data)
         self.mask = None
         # Loss and the regulariser weight, both from the noise level.
         self.loss_kind = cfg.loss
@@ -209,6 +208,9 @@ class Reconstructor:
         self.stopped_because = "not run"
         self._last_loss = math.inf
 
+    def _tensor(self, a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
+
     def _start_model(self, data: np.ndarray, shifts0: np.ndarray, warm_start) -> tuple[SeriesModel, np.ndarray]:
         """The starting model for given initial shifts: amplitude and TIE phase from the aligned images
         (or the previous result's phase and calibration for a warm start)."""
@@ -236,15 +238,14 @@ class Reconstructor:
             defocus0 = nominal
             theta_c0 = mic.theta_c_rad
             astig0 = (0.0, 0.0)
-        t = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)  # noqa: E731
         model = SeriesModel(
             self.im,
             defocus0,
-            phase0=t(phase0),
-            amplitude0=t(amplitude0),
+            phase0=self._tensor(phase0),
+            amplitude0=self._tensor(amplitude0),
             theta_c0=theta_c0 if theta_c0 > 0 else 1e-6,
             astig0=astig0,
-            shifts0=t(shifts0),
+            shifts0=self._tensor(shifts0),
             preconditioner_q0=cfg.preconditioner_q0,
             reference=self.reference,
             defocus_mode=cfg.defocus_model,
