@@ -1,0 +1,1 @@
+"""A session: its configuration (config/default.yaml) and the launcher of `ltemlive run` / `ltemlive serve`."""

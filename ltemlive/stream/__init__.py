@@ -1,0 +1,1 @@
+"""The frame stream: the acquisition side binds a ROUTER, reconstructors connect DEALERs; credit flow control, replay from the run file."""
