@@ -5,25 +5,25 @@ Every message is a ZeroMQ multipart message::
     client -> server   [PROTOCOL_ID, header]                 header: Request as JSON (UTF-8)
     server -> client   [PROTOCOL_ID, header, *buffers]       header: Reply as JSON; one raw buffer per array
 
-(The ROUTER socket prepends the peer identity on the server side.) Arrays travel as raw C-contiguous bytes in
-their own frame, described in the reply header by an :class:`ArrayHeader` (dtype from an allow-list, shape,
-nbytes) that the receiver checks before it touches the bytes. Nothing is ever pickled: a header is plain JSON
-validated against a pydantic schema, and an error crosses the wire as ``{type, message}`` where ``type`` is
-one of :data:`drivers.errors.ERROR_TYPES`.
+(The ROUTER socket prepends the peer identity on the server side.) The framing (JSON headers, raw array frames with
+their dtype/shape/nbytes checks) is the project's one wire module, :mod:`ltemlive.wire`, shared with the frame
+stream, control and update channels; this module adds the instrument channel's request/reply headers and its
+method table, and turns a :class:`ltemlive.wire.WireError` into the driver layer's :class:`ProtocolError`.
+Nothing is ever pickled: an error crosses the wire as ``{type, message}`` where ``type`` is one of
+:data:`drivers.errors.ERROR_TYPES`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.errors import InstrumentError, ProtocolError
 from drivers.interface import LensMode, Roi, SettleSpec, StageMove
+from ltemlive import wire
+from ltemlive.wire import ALLOWED_DTYPES, ID_PATTERN, MAX_DIM, MAX_HEADER_BYTES, ArrayHeader, WireError, encode_header
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -46,11 +46,6 @@ __all__ = [
 
 PROTOCOL_ID = b"LTEMDRV"
 PROTOCOL_VERSION = 1
-MAX_HEADER_BYTES = 64 * 1024
-#: Largest accepted image side; 16384^2 float64 is 2 GiB, far beyond any camera we drive.
-MAX_DIM = 16384
-ALLOWED_DTYPES = frozenset({"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"})
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class _Strict(BaseModel):
@@ -149,26 +144,6 @@ class ErrorInfo(_Strict):
     message: str
 
 
-class ArrayHeader(_Strict):
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, v: str) -> str:
-        if v not in ALLOWED_DTYPES:
-            raise ValueError(f"dtype {v!r} not allowed")
-        return v
-
-    @field_validator("shape")
-    @classmethod
-    def _shape(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if len(v) != 2 or not all(1 <= s <= MAX_DIM for s in v):
-            raise ValueError(f"array shape {v} not a 2-D image within {MAX_DIM} px")
-        return v
-
-
 class Reply(_Strict):
     v: Literal[1] = 1
     id: str
@@ -178,48 +153,24 @@ class Reply(_Strict):
     arrays: list[ArrayHeader] = Field(default_factory=list)
 
 
-def encode_header(model: BaseModel) -> bytes:
-    # allow_nan=False: NaN/inf are not JSON and must never sneak through as a value.
-    return json.dumps(model.model_dump(mode="json"), allow_nan=False, separators=(",", ":")).encode()
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
 def decode_header(raw: bytes | memoryview, model: type[BaseModel]) -> Any:
     """Parse and validate a JSON header; any failure is a ProtocolError (never another exception type)."""
-    raw = bytes(raw)
-    if len(raw) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(f"header is not valid JSON: {str(exc)[:200]}") from None
-    try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        raise ProtocolError(f"invalid {model.__name__}: {str(exc)[:500]}") from None
+        return wire.decode_header(raw, model)
+    except WireError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def encode_array(a: np.ndarray) -> tuple[ArrayHeader, memoryview]:
-    a = np.ascontiguousarray(a)
-    if a.dtype.byteorder == ">":  # the wire is little-endian
-        a = a.astype(a.dtype.newbyteorder("<"))
-    header = ArrayHeader(dtype=str(a.dtype), shape=tuple(int(s) for s in a.shape), nbytes=int(a.nbytes))
-    return header, memoryview(a).cast("B")
+    return wire.encode_array(a)
 
 
 def decode_array(header: ArrayHeader, buf: bytes | memoryview) -> np.ndarray:
     """Check the declared size against the dtype/shape and the received bytes, then view them as an array."""
-    dtype = np.dtype(header.dtype).newbyteorder("<")
-    expected = math.prod(header.shape) * dtype.itemsize
-    if header.nbytes != expected:
-        raise ProtocolError(f"array header nbytes {header.nbytes} != prod(shape) * itemsize = {expected}")
-    mv = memoryview(buf)
-    if mv.nbytes != expected:
-        raise ProtocolError(f"array payload has {mv.nbytes} bytes, header declares {expected}")
-    return np.frombuffer(mv, dtype=dtype).reshape(header.shape)
+    try:
+        return wire.decode_array(header, buf)
+    except WireError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def error_info(exc: BaseException) -> ErrorInfo:

@@ -1,1 +1,3 @@
-"""Acquisition controller: plans, the state machine, defocus feedback, the run file writer, the frame stream and control sockets (one process role). Uses the driver layer and the wire; never torch."""
+"""Acquisition controller: plans, the state machine, defocus feedback, the run file writer, the frame stream and
+control sockets (one process role). Uses the driver layer and the wire; never torch.
+"""

@@ -1,1 +1,3 @@
-"""Reconstructor service: consumes series from the frame stream with StreamingReconstruction, sends results and the refined defocus to the controller (one process role). Never imports drivers."""
+"""Reconstructor service: consumes series from the frame stream with StreamingReconstruction, sends results and
+the refined defocus to the controller (one process role). Never imports drivers.
+"""

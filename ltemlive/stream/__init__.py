@@ -1,1 +1,3 @@
-"""The frame stream: the acquisition side binds a ROUTER, reconstructors connect DEALERs; credit flow control, replay from the run file."""
+"""The frame stream: the acquisition side binds a ROUTER, reconstructors connect DEALERs; credit flow control,
+replay from the run file.
+"""
