@@ -89,7 +89,12 @@ class Supervisor:
             "--log-level",
             self.log_level,
         ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=self._env(), bufsize=1)
+        # Its own process group: a Ctrl-C at the terminal goes to the supervising process, which stops the server
+        # last (after whatever still needs the instrument, e.g. to restore the defocus), not to the server itself.
+        group = (
+            {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {"start_new_session": True}
+        )
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=self._env(), bufsize=1, **group)
         lines: queue.Queue[str | None] = queue.Queue()
         assert proc.stdout is not None
         reader = threading.Thread(target=_pump, args=(proc.stdout, lines), name="server-stdout", daemon=True)

@@ -14,7 +14,11 @@ Units are SI on input (metres, volts, radians). Defocus: positive = over-focus, 
 bump looks bright (docs/conventions.md).
 
 examples:
-  ltemlive demo --out runs/demo                      simulate a series and reconstruct it
+  ltemlive run                                       a live session on the simulated instrument (config/default.yaml)
+  ltemlive run --config my-session.yaml              the same with your plan / instrument
+  ltemlive serve controller --config split.yaml      one role of a session, for deployments across hosts
+  ltemlive replay runs/demo-....h5                   reconstruct a recorded run again through the service
+  ltemlive demo --out runs/demo                      simulate a series and reconstruct it (offline)
   ltemlive simulate --config config/simulate.yaml --out series.h5
   ltemlive reconstruct series.h5 --out results/       (or SERIES.tif with a SERIES.yaml sidecar)
   ltemlive tie series.h5 --out results-tie/
@@ -57,6 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="run a live session: instrument server, controller, reconstructor, publisher",
+        description="Start every role of a live session as its own process, run the plan with live "
+        "reconstruction and defocus feedback, write the run file and a summary. Ctrl-C stops cleanly.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="session YAML (default: config/default.yaml if present)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (overrides session.output_dir)")
+    p.add_argument("--repeats", type=int, default=None, help="number of series (overrides plan.repeats)")
+    p.add_argument("--log-level", default="INFO", help="log level of the role processes (their logs go to files)")
+    p.add_argument("--no-summary", action="store_true", help="do not write the summary pictures")
+
+    p = sub.add_parser("serve", help="run one role of a session (instrument, controller, reconstructor, publisher)",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser(
+        "replay",
+        help="stream a recorded run file through the reconstructor service again",
+        description="Serve the frames of RUNFILE on a frame stream, reconstruct every series with the "
+        "reconstructor service (warm start and calibration carried from series to series, as live) and write "
+        "a new run file with the same frames and the new reconstructions. RUNFILE is never modified.",
+    )
+    p.add_argument("runfile", type=Path, help="a run file written by ltemlive run")
+    p.add_argument("--config", type=Path, default=None, help="session YAML for the reconstruction settings")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: next to RUNFILE)")
+    p.add_argument("--max-iter", type=int, default=None, help="cap on phase iterations per series")
 
     p = sub.add_parser("demo", help="simulate a through-focus series on the virtual microscope and reconstruct it")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
@@ -274,11 +306,68 @@ def cmd_tie(args, console) -> int:
     return 0
 
 
+def _session_config(args):
+    from ltemlive.session.config import check_everything, load_run_config
+
+    path = args.config
+    if path is None and Path("config/default.yaml").is_file():
+        path = Path("config/default.yaml")
+    overrides = {}
+    cfg = load_run_config(path)
+    source = str(path) if path else "defaults"
+    if getattr(args, "out", None) is not None:
+        overrides["session"] = {**cfg.session.model_dump(), "output_dir": args.out}
+    if getattr(args, "repeats", None) is not None:
+        overrides["plan"] = {**cfg.plan.model_dump(), "repeats": args.repeats}
+    if overrides:
+        from ltemlive.session.config import ConfigError, RunConfig, format_errors
+
+        try:
+            cfg = RunConfig.model_validate({**cfg.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise ConfigError(format_errors(exc, "command line", RunConfig)) from None
+    check_everything(cfg, source)
+    _writable(cfg.session.output_dir)
+    return cfg
+
+
+def _writable(folder: Path) -> None:
+    """Fail before the work, not after it: the output folder must exist or be creatable, and be writable."""
+    import os
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{folder}: cannot write there ({exc.strerror or exc})") from None
+
+
+def cmd_run(args, console) -> int:
+    from ltemlive.session.launch import run_session
+
+    cfg = _session_config(args)
+    return run_session(cfg, console, log_level=args.log_level, summary=not args.no_summary)
+
+
+def cmd_replay(args, console) -> int:
+    from ltemlive.session.replay import replay
+
+    cfg = _session_config(args)
+    return replay(args.runfile, cfg, console, out_dir=args.out, max_iter=args.max_iter)
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.markup import escape
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        from ltemlive.session.roles import main as serve_main
+
+        return serve_main(argv[1:])
     if argv[:1] == ["instrument-server"]:
         # The server has its own parser (drivers/server.py); hand it everything, --help included.
         from drivers.server import main as server_main
@@ -291,11 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"demo": cmd_demo, "simulate": cmd_simulate, "reconstruct": cmd_reconstruct, "tie": cmd_tie}
+    handlers = {
+        "run": cmd_run,
+        "replay": cmd_replay,
+        "demo": cmd_demo,
+        "simulate": cmd_simulate,
+        "reconstruct": cmd_reconstruct,
+        "tie": cmd_tie,
+    }
     try:
         return handlers[args.command](args, console)
     except ValidationError as exc:
         errors.print(f"[red]error:[/] invalid settings:\n{escape(str(exc))}")
+    except KeyboardInterrupt:
+        errors.print("[yellow]interrupted[/]")
+        return 130
     except (ValueError, OSError) as exc:
         errors.print(f"[red]error:[/] {escape(str(exc))}")
     return 2

@@ -104,7 +104,7 @@ def read_run(run_file: str | Path) -> RunContents:
     """Read the run file's metadata, frame records, series, reconstructions (last phase only), calibration
     records and event kinds. Absent groups and datasets read as empty."""
     path = Path(run_file)
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:  # also a live or crashed run
         attrs = {
             name: _attr(f, name)
             for name in (

@@ -1,0 +1,29 @@
+"""Settings of the reconstructor service (the ``reconstructor`` section of a session config). Importing this
+does not import torch, so a config can be checked anywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ltemlive import wire
+
+__all__ = ["ReconstructorServiceConfig"]
+
+
+class ReconstructorServiceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    worker: Annotated[str, Field(pattern=wire.ID_PATTERN.pattern)] = Field(
+        "recon-1", description="this worker's name (1-64 characters of A-Z a-z 0-9 _ . : -)"
+    )
+    window: Annotated[int, Field(ge=1, le=64)] = Field(4, description="frames in flight to this worker (credit)")
+    live: bool = Field(True, description="iterate while the series arrives and publish previews")
+    preview_interval_s: Annotated[float, Field(ge=0.05, le=600)] = Field(1.0, description="between two previews")
+    preview_px: Annotated[int, Field(ge=16, le=4096)] = Field(256, description="previews are downsampled to this")
+    result_retry_s: Annotated[float, Field(gt=0, le=600)] = Field(2.0, description="re-send an unacked result")
+    peer_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        10.0, description="the acquisition side is reported gone after this much silence"
+    )
+    threads: Annotated[int, Field(ge=1, le=256)] | None = Field(None, description="torch threads (default: torch's)")
