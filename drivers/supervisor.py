@@ -207,9 +207,9 @@ class Supervisor:
         raise InstrumentTimeout("instrument server was not restarted in time")
 
     def stop(self, timeout_s: float = 3.0) -> None:
+        # Stop the child first, then the monitor: a watchdog ping in flight must not delay the shutdown, and
+        # the monitor sees _stopping and does not restart what it finds dead.
         self._stopping.set()
-        if self._monitor is not None:
-            self._monitor.join(timeout_s)
         with self._lock:
             proc, self._proc = self._proc, None
         if isinstance(proc, subprocess.Popen):
@@ -220,6 +220,8 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             _reap(proc, self._reader)
+        if self._monitor is not None:
+            self._monitor.join(timeout_s)
 
     def __enter__(self) -> Supervisor:
         return self.start()

@@ -419,6 +419,7 @@ class Controller:
             "defocus_commanded_m": commanded,
             "exposure_s": sp.exposure_s,
             "binning": sp.binning,
+            "dose_e_per_px": self.plan.dose_e_per_px,
             "roi": None if sp.roi is None else sp.roi.model_dump(),
             "calibration": cal.model_dump(),
             "hook": None if sp.hook is None else sp.hook.model_dump(mode="json"),

@@ -18,11 +18,12 @@ Three sockets, all bound here (the publisher is the stable side; sources and mon
   ``log_keep`` of ``log``) and then ``SnapshotEnd(last_seq=n)``. A vanished peer or a full queue is counted
   (``snapshot_errors``), never raised.
 
-Previews: an event carrying arrays is published at most once per ``preview_interval_s`` per topic. One that
-arrives sooner is held back and published when the interval has passed, unless a newer one replaces it first
-(the replaced one is dropped and counted as ``throttled``): the newest preview always gets through, late by at
-most the interval. Events without arrays are never throttled. Arrays wider or higher than ``max_preview_px``
-on the ``preview_topics`` are refused (``oversize``): sources downsample (see
+Previews (events carrying arrays on ``preview_topics``, by default ``frame`` and ``recon``): at most one per
+``preview_interval_s`` per topic is published. One that arrives sooner is held back and published when the
+interval has passed, unless a newer one replaces it first (the replaced one is dropped and counted as
+``throttled``): the newest preview always gets through, late by at most the interval. Events without arrays,
+and events of other topics (``result``, ``calibration``, ...), are never throttled. Arrays wider or higher than
+``max_preview_px`` on the preview topics are refused (``oversize``): sources downsample (see
 :func:`ltemlive.publisher.sink.downsample`).
 
 ``Publisher(config).start()`` runs the loop in a background thread (tests, in-process use); :func:`serve`
@@ -115,9 +116,10 @@ class PublisherConfig(BaseModel, extra="forbid"):
     preview_interval_s: float = Field(
         0.5,
         ge=0,
-        description="Minimum seconds between two published events carrying arrays on the same topic. One "
-        "arriving sooner waits for its turn; one replaced by a newer before then is dropped (counted "
-        "'throttled'). Events without arrays are never throttled. 0 disables throttling.",
+        description="Minimum seconds between two published events carrying arrays on the same preview topic "
+        "(preview_topics). One arriving sooner waits for its turn; one replaced by a newer before then is dropped "
+        "(counted 'throttled'). Events without arrays, and other topics ('result'...), are never throttled. "
+        "0 disables throttling.",
     )
     max_preview_px: int = Field(
         1024,
@@ -126,7 +128,8 @@ class PublisherConfig(BaseModel, extra="forbid"):
         "'oversize'). Sources downsample their previews.",
     )
     preview_topics: tuple[str, ...] = Field(
-        ("frame", "recon"), description="Topics whose arrays are previews subject to max_preview_px."
+        ("frame", "recon"),
+        description="Topics whose arrays are previews: throttled by preview_interval_s, limited by max_preview_px.",
     )
     log_keep: int = Field(50, ge=1, le=10000, description="Number of 'log' events kept for snapshots.")
     require_finite: bool = Field(
@@ -365,7 +368,7 @@ class Publisher:
                 cfg.max_preview_px,
             )
             return
-        if arrays and cfg.preview_interval_s > 0:
+        if arrays and cfg.preview_interval_s > 0 and msg.topic in cfg.preview_topics:
             now = time.monotonic()
             held = self._pending.get(msg.topic)
             if held is not None and held[0] <= now:  # its turn has come: publish it, then handle this one

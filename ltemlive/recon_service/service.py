@@ -309,9 +309,7 @@ class ReconstructorService:
         seq = 0
         self._io_ready.set()
         try:
-            while not self._stop.is_set() or unacked:
-                if self._stop.is_set() and not unacked:
-                    break
+            while not self._stop.is_set():
                 for item in client.poll(0.02):
                     self._inbox.put(item)
                 with self._consumed_lock:
@@ -357,14 +355,12 @@ class ReconstructorService:
                         "acquisition side {}", "back" if alive else f"silent for over {self.cfg.peer_timeout_s:g} s"
                     )
                     was_alive = alive
-                if self._stop.is_set() and unacked and time.monotonic() - min(u[2] for u in unacked.values()) > 2.0:
-                    break  # shutting down; the controller replays what it has no result for
         except Exception:
             logger.exception("reconstructor I/O thread failed")
             self._stop.set()
         finally:
             self.stats.update({f"stream_{k}": v for k, v in client.stats.items()})
-            client.close(say_bye=True)
+            client.close(say_bye=True)  # its series go back to the pool at once, not after a timeout
             ctl.close(linger=0)
             if sink is not None:
                 sink.close()

@@ -92,7 +92,8 @@ class Child:
             return None
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> int:
-        self.signal_stop()
+        if self.proc.poll() is None:
+            self.signal_stop()
         if self.wait(grace_s) is None:
             self.proc.kill()
             self.proc.wait(5)
@@ -165,9 +166,9 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
                 console.print("[yellow]interrupted: stopping every process[/]")
                 break
             if progress is not None:
-                progress.poll(0.2)
+                progress.poll(0.1)
             else:
-                time.sleep(0.2)
+                time.sleep(0.1)
         if progress is not None:
             progress.poll(0.3)
         code = _shutdown(children, supervisor, interrupted.is_set())
@@ -193,20 +194,26 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
 
 
 def _shutdown(children: dict[str, Child], supervisor, interrupted: bool) -> int:
-    """Stop in order; the controller's exit code is the session's."""
+    """Stop every child (all signalled at once, each given the same grace), the instrument server last: the
+    controller may still need it to restore the defocus. The controller's exit code is the session's."""
     code = 0
-    controller = children.pop("controller", None)
-    others = [children.pop(r) for r in ("reconstructor", "publisher") if r in children]
-    if controller is not None:
-        if interrupted:
-            controller.signal_stop()
-            for c in others:
-                c.signal_stop()
-        code = controller.stop()
-    for c in others:
-        c.stop()
+    order = [r for r in ("controller", "reconstructor", "publisher") if r in children]
+    if interrupted or "controller" not in children:
+        for r in order:
+            children[r].signal_stop()
+    elif "controller" in children:
+        children["controller"].wait(STOP_GRACE_S)  # it has finished its plan: let it close its file first
+        for r in order:
+            children[r].signal_stop()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for r in order:
+        child = children.pop(r)
+        rc = child.wait(max(deadline - time.monotonic(), 0.05))
+        rc = child.stop(grace_s=0.0) if rc is None else child.stop(grace_s=0.05)
+        if r == "controller":
+            code = rc
     if supervisor is not None:
-        supervisor.stop()
+        supervisor.stop(timeout_s=1.0)
     return code
 
 

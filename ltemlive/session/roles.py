@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -59,6 +60,7 @@ def serve_controller(cfg: RunConfig, stop: threading.Event, on_ready: Ready, *, 
         with lock:  # one sink, two threads (acquisition, control): serialise
             sink.emit(topic, payload, arrays)
 
+    optics = _optics(cfg)
     microscope, camera = build(cfg.controller_instrument())
     limits = SafetyLimits.model_validate(cfg.instrument.get("limits") or {})
     controller = Controller(
@@ -68,10 +70,10 @@ def serve_controller(cfg: RunConfig, stop: threading.Event, on_ready: Ready, *, 
         DefocusFeedback(cfg.feedback),
         session=cfg.session.name,
         output_dir=cfg.session.output_dir,
-        optics=_optics(cfg),
+        optics=optics,
         frames_endpoint=cfg.bind_address("frames"),
         config_yaml=config_yaml or cfg.dump_yaml(),
-        instrument_info={"backend": cfg.instrument.get("backend", "simulated")},
+        instrument_info={"backend": cfg.instrument.get("backend", "simulated"), "optics": optics.model_dump()},
         emit=emit,
         stream_kwargs={"cache_bytes": cfg.controller.cache_mb << 20, "peer_timeout_s": cfg.controller.peer_timeout_s},
         drain_timeout_s=cfg.controller.drain_timeout_s,
@@ -148,6 +150,10 @@ def serve_role(role: str, cfg: RunConfig, *, config_yaml: str = "") -> int:
     def on_signal(signum: int, _frame: object) -> None:
         logger.info("{}: signal {} received, stopping", role, signum)
         stop.set()
+        if role == "reconstructor":
+            # A torch step cannot be interrupted, and nothing here needs saving: whatever had no result yet is
+            # replayed by the acquisition side. Leave within the shutdown budget even mid-step.
+            threading.Timer(0.5, lambda: (logger.info("reconstructor: leaving mid-step"), os._exit(0))).start()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
