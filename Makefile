@@ -8,7 +8,7 @@ setup:
 	./scripts/bootstrap.sh
 
 demo: setup
-	$(VENV)/bin/ltemlive demo --out runs/demo
+	$(VENV)/bin/ltemlive run --config config/default.yaml
 
 test: setup
 	$(VENV)/bin/ruff check .

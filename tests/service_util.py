@@ -35,7 +35,9 @@ def config_dict(tmp_path: Path, **over: Any) -> dict:
 def small(tmp_path: Path, **over: Any) -> dict:
     """A fast session: 128^2 vortex, instant instrument, short reconstructions (accuracy not the point)."""
     fast = {
-        "instrument": {"simulated": {"time_scale": 0.0, "simulation": {"shape": [128, 128], "specimen": "vortex_disc"}}},
+        "instrument": {
+            "simulated": {"time_scale": 0.0, "simulation": {"shape": [128, 128], "specimen": "vortex_disc"}}
+        },
         "plan": {"wait_for_feedback_s": 0, "exposure_s": 0.1, "dose_e_per_px": 20.0},
         "reconstruction": {"max_iter": 20},
         "controller": {"instrument_mode": "in_process", "peer_timeout_s": 2.0},

@@ -4,6 +4,14 @@
 - ltemlive.optics imports nothing of ltemlive but ltemlive.constants and itself;
 - `drivers` never imports ltemlive.optics, ltemlive.tie or ltemlive.reconstruct;
 - `simulator` never imports `ltemlive` (it is the independent reference implementation);
+- `drivers` imports nothing of `ltemlive` but the shared wire module `ltemlive.wire`;
+- the reconstructor service (`ltemlive.recon_service`) may import the reconstructor and the wire, never `drivers`
+  or `simulator`;
+- the acquisition controller (`ltemlive.controller`) may import drivers and the wire, never torch or the
+  reconstructor; the frame stream (`ltemlive.stream`) and the publisher never import torch, drivers or the
+  reconstructor; the wire imports nothing of the project but itself;
+- one framing: nothing outside ltemlive/wire and drivers/protocol.py (the instrument channel's message table)
+  defines a PROTOCOL_ID, and drivers/protocol.py parses no header and views no buffer itself;
 - no module anywhere imports pickle or its relatives, or uses pyzmq's pickling send/recv (never pickle on
   the wire: docs/adr/0003-instrument-wire-format.md).
 
@@ -176,3 +184,65 @@ def test_no_pickle_anywhere():
             ):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} passes allow_pickle")
     assert bad == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the live service's process roles (issue 8)
+
+TORCH = ("torch",)
+RECONSTRUCTOR = ("ltemlive.optics", "ltemlive.tie", "ltemlive.reconstruct")
+
+
+def _ltemlive_imports(files: list[Path]) -> list[str]:
+    return [
+        f"{p.relative_to(ROOT)} imports {m}"
+        for p in files
+        for m in sorted(imported_modules(p))
+        if within(m, "ltemlive") and m != "ltemlive" and not within(m, "ltemlive.wire")
+    ]
+
+
+def test_drivers_import_only_the_wire_of_ltemlive():
+    assert _ltemlive_imports(python_files("drivers")) == []
+
+
+def test_reconstructor_service_never_imports_drivers():
+    assert violations(python_files("ltemlive/recon_service"), ("drivers", "simulator")) == []
+
+
+def test_controller_never_imports_torch_or_the_reconstructor():
+    assert violations(python_files("ltemlive/controller"), TORCH + RECONSTRUCTOR + ("ltemlive.recon_service",)) == []
+
+
+@pytest.mark.parametrize("top", ["ltemlive/stream", "ltemlive/publisher", "ltemlive/wire"])
+def test_stream_publisher_and_wire_stay_light(top):
+    forbidden = TORCH + RECONSTRUCTOR + ("drivers", "simulator", "ltemlive.controller", "ltemlive.recon_service")
+    assert violations(python_files(top), forbidden) == []
+
+
+def test_the_wire_depends_on_nothing_of_the_project():
+    bad = [m for m in _ltemlive_imports(python_files("ltemlive/wire"))]
+    assert bad == []
+
+
+def test_session_config_never_imports_torch_at_module_level():
+    # The controller's host checks its config without torch: only function-level imports may reach it.
+    tree = ast.parse((ROOT / "ltemlive/session/config.py").read_text(encoding="utf-8"))
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}
+    assert not any(within(m, f) for m in names for f in TORCH + RECONSTRUCTOR + ("ltemlive.recon_service.service",))
+
+
+def test_one_framing_for_every_channel():
+    """Only the wire module (and the instrument channel's message table built on it) names a protocol id, and
+    no module outside the wire parses or encodes a header itself."""
+    owners = []
+    for path in python_files("ltemlive", "drivers"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PROTOCOL_ID" for t in node.targets):
+                owners.append(str(path.relative_to(ROOT)))
+    assert all(o.startswith("ltemlive/wire/") or o == "drivers/protocol.py" for o in owners), owners
+    text = (ROOT / "drivers/protocol.py").read_text(encoding="utf-8")
+    assert "json.loads" not in text and "np.frombuffer" not in text  # framing comes from ltemlive.wire

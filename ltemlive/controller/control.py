@@ -115,4 +115,5 @@ class ControlServer:
             }
             text = handlers[msg.action]()
             ok = not text.startswith("cannot")
-            self._reply(identity, cm.Reply(id=msg.id, ok=ok, message=text, status=wire.json_safe(c.status())))
+            status = {**c.status(), "control": dict(self.stats)}
+            self._reply(identity, cm.Reply(id=msg.id, ok=ok, message=text, status=wire.json_safe(status)))

@@ -238,9 +238,13 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = 
         raise ConfigError(format_errors(exc, source, RunConfig)) from None
 
 
-def check_everything(cfg: RunConfig, source: str = "config") -> None:
+def check_everything(cfg: RunConfig, source: str = "config", role: str | None = None) -> None:
     """The sections validated by other modules: the instrument (drivers) and the reconstruction (which
-    imports torch). ``ltemlive run`` and ``serve`` call it before starting anything."""
+    imports torch). ``ltemlive run`` (role None: everything) and ``serve ROLE`` call it before starting."""
+    if role in (None, "reconstructor"):
+        reconstruction_config(cfg, source)
+    if role in ("reconstructor", "publisher"):
+        return
     from drivers.limits import SafetyLimits
 
     inst = cfg.instrument
@@ -269,7 +273,8 @@ def check_everything(cfg: RunConfig, source: str = "config") -> None:
             raise ConfigError(
                 format_errors(exc, source, SimulatedInstrumentConfig, ("instrument", "simulated"))
             ) from None
-    reconstruction_config(cfg, source)
+    elif cfg.optics is None and role in (None, "controller"):
+        raise ConfigError(f"{source}: optics: required for a real instrument (voltage_v, cs_m, theta_c_rad)")
     lo, hi = min(cfg.plan.defocus_m), max(cfg.plan.defocus_m)
     limits = SafetyLimits.model_validate(inst.get("limits") or {})
     if lo < limits.defocus_min_m or hi > limits.defocus_max_m:

@@ -153,7 +153,9 @@ def serve_role(role: str, cfg: RunConfig, *, config_yaml: str = "") -> int:
         if role == "reconstructor":
             # A torch step cannot be interrupted, and nothing here needs saving: whatever had no result yet is
             # replayed by the acquisition side. Leave within the shutdown budget even mid-step.
-            threading.Timer(0.5, lambda: (logger.info("reconstructor: leaving mid-step"), os._exit(0))).start()
+            t = threading.Timer(0.5, lambda: (logger.info("reconstructor: leaving mid-step"), os._exit(0)))
+            t.daemon = True
+            t.start()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = load_run_config(ns.config)
             source = ns.config or "defaults"
-        check_everything(cfg, source)
+        check_everything(cfg, source, role=ns.role)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

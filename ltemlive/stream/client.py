@@ -120,7 +120,8 @@ class FrameStreamClient:
             msg, arrays = fm.DOWNSTREAM.decode(frames)
         except wire.WireError as exc:
             self.stats["malformed"] += 1
-            logger.warning("frame stream: malformed message dropped ({}): {}", self.stats["malformed"], exc)
+            if self.stats["malformed"] <= 10 or self.stats["malformed"] % 1000 == 0:
+                logger.warning("frame stream: malformed message dropped ({}): {}", self.stats["malformed"], exc)
             return None
         self._liveness.heard("server")
         if self._last_seq is not None and msg.seq > self._last_seq + 1:
