@@ -287,6 +287,15 @@ def run_config(data: dict[str, Any]):
     return cfg
 
 
+def load() -> str:
+    """Other processes on the machine change every figure here: say how busy it was."""
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load average unknown"
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
 def pct(a, q) -> float:
     return float(np.percentile(np.asarray(a, dtype=np.float64), q))
 
@@ -390,7 +399,7 @@ def block_controller(args: argparse.Namespace, tmp: Path) -> None:
                     if st["frames_written"] >= n:  # the plan is done; the controller waits in its drain
                         p99_status = st["frame_time_p99_s"]
                         break
-                    time.sleep(0.1)
+                    time.sleep(0.5)  # seldom: each query is work for the controller's control thread
             wall = time.monotonic() - t0
         finally:
             child.stop()
@@ -410,7 +419,7 @@ def block_controller(args: argparse.Namespace, tmp: Path) -> None:
                 figs = f"{'':>15}p99 {ms(p99_only) if p99_only is not None else '    n/a'}"
             else:
                 figs = f"p50 {ms(pct(t, 50))}  p99 {ms(pct(t, 99))}  max {ms(max(t))}"
-            print(f"    {label:<58}{figs}")
+            print(f"    {label:<60}{figs}")
 
         row("controller role process: status frame_time_p99_s", None, p99_status)
         row("same Controller code in this process: frame_times_s", inproc)
@@ -444,7 +453,8 @@ def block_latency(args: argparse.Namespace, tmp: Path) -> None:
           f"in process, time_scale 1, {sim['shape'][0]}x{sim['shape'][1]}, {cfg.plan.repeats} series x "
           f"{len(cfg.plan.defocus_m)} images, exposure {cfg.plan.exposure_s:g} s, wait_for_feedback_s "
           f"{cfg.plan.wait_for_feedback_s:g}, reconstruction max_iter {cfg.reconstruction.get('max_iter', 'default')}, "
-          f"device {cfg.reconstruction.get('device', 'cpu')}")
+          f"device {cfg.reconstruction.get('device', 'cpu')}, reconstructor torch threads "
+          f"{cfg.reconstructor.threads or 'default'}; reconstructor started before the controller (fixed ports)")
     logs = tmp / "logs"
     children: list[Child] = []
     seen: dict[tuple[str, int], float] = {}  # (topic, series) -> first receipt (epoch) at the subscriber
@@ -515,7 +525,7 @@ def block_latency(args: argparse.Namespace, tmp: Path) -> None:
             lat = prov.get("latency_s")
             own = f"; reconstructor's own last frame received -> result sent {lat:.2f} s" if lat is not None else ""
             print(f"            bound: reconstruction elapsed_s {prov['elapsed_s']:6.2f} s ({prov['iterations']} it, "
-                  f"{prov['stopped_because']}, warm start {prov['warm_start']}){own}")
+                  f"{prov['stopped_because']}){own}")
 
 
 def main() -> None:
@@ -538,7 +548,7 @@ def main() -> None:
         if args.max_iter is None:  # the default 200 iterations take over a minute per series at 256x256 on 2 cores
             args.max_iter = 30
     else:
-        args.repeats, args.stream_series, args.stream_per_series = 5, 4, 10
+        args.repeats, args.stream_series, args.stream_per_series = 7, 4, 10
         args.ctl_sizes, args.ctl_repeats = [512, 2048], 10
         args.latency_timeout_s = 300.0
     print(machine())
@@ -550,19 +560,18 @@ def main() -> None:
     tmp_obj = tempfile.TemporaryDirectory(prefix="ltemlive-bench-")
     tmp = Path(tmp_obj.name)
     try:
-        if "1" in args.only:
-            block_stream(args, tmp)
-        if "2" in args.only:
-            block_controller(args, tmp)
-        if "3" in args.only:
-            block_latency(args, tmp)
+        for key, block in (("1", block_stream), ("2", block_controller), ("3", block_latency)):
+            if key in args.only:
+                print(f"\n[{load()} before block {key}]", end="")
+                block(args, tmp)
+        print(f"\n[{load()} at the end]")
     finally:
         if args.keep:
             print(f"\noutputs kept in {tmp}")
             tmp_obj._finalizer.detach()  # type: ignore[attr-defined]
         else:
             tmp_obj.cleanup()
-    print(f"\ntotal {time.monotonic() - t0:.0f} s")
+    print(f"total {time.monotonic() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
             if role == "publisher":
                 cfg = cfg.with_endpoints(ingest=got["ingest"], updates=got["updates"], snapshot=got["snapshot"])
                 progress = Progress(cfg, console)
+                progress.sync()
             elif role == "controller":
                 cfg = cfg.with_endpoints(frames=got["frames"], control=got["control"])
                 console.print(f"  controller: run file [bold]{got['run_file']}[/]")

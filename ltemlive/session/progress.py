@@ -33,6 +33,13 @@ class Progress:
     def _say(self, text: str) -> None:
         self.console.print(f"[dim]{time.monotonic() - self.t0:6.1f}s[/] {text}", highlight=False)
 
+    def sync(self, timeout_s: float = 5.0) -> bool:
+        """Take the publisher's snapshot before the acquisition starts, so no early event is folded into it."""
+        deadline = time.monotonic() + timeout_s
+        while not self.sub.synced and time.monotonic() < deadline:
+            self.poll(0.05)
+        return self.sub.synced
+
     def poll(self, timeout_s: float) -> None:
         for ev, _arrays in self.sub.poll(timeout_s):
             p = ev.payload
