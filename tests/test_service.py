@@ -54,6 +54,8 @@ def test_reconstructor_killed_five_times_loses_nothing(tmp_path):
             child.stop()
             kills += 1
             s.start("reconstructor")
+        st = s.wait(lambda st: st["frames_written"] == 32, 120, "the last frame")
+        replayed = st["stream"]["stats"].get("series_replayed", 0)
         code = s.wait_controller_exit(180)
         st_ok = code == 0
     finally:
@@ -66,8 +68,8 @@ def test_reconstructor_killed_five_times_loses_nothing(tmp_path):
     for prov in run["provenance"]:
         k = prov["series_index"]
         assert prov["frame_ids"] == [i for i in range(32) if run["series_index"][i] == k]
-    replays = [m for k, m in run["events"] if "replayed" in m or "replay" in m]
-    print(f"\n{kills} kills; events mentioning replays: {len(replays)}")
+    assert replayed >= 1  # what a killed reconstructor had in hand was replayed to the next one
+    print(f"\n{kills} kills: {replayed} series replayed, 32/32 frames on disk, 8/8 series reconstructed once")
 
 
 def test_pause_resume_abort_restore_defocus(tmp_path):
