@@ -51,6 +51,7 @@ class _Series:
     t_last_frame: float | None = None
     end: fm.End | None = None
     bad: str = ""
+    warm_from_previous: bool = False
 
 
 class ReconstructorService:
@@ -84,10 +85,12 @@ class ReconstructorService:
         self._warm: ReconstructionResult | None = None
         self._warm_key: tuple | None = None
         self.results_sent: list[int] = []
-        if config.threads:
-            import torch
+        import torch
 
+        if config.threads:
             torch.set_num_threads(config.threads)
+        # The first L-BFGS pulls in torch._dynamo (~2 s, measured): pay it now, not after the first series' END.
+        torch.optim.LBFGS([torch.zeros(1, requires_grad=True)])
 
     # -- compute thread -------------------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
@@ -183,7 +186,7 @@ class ReconstructorService:
         logger.info("series {}: started ({} images planned{})", start.series, start.n_planned,
                     ", warm start" if warm is not None else "")
         self._event("progress", {"series": start.series, "stage": "receiving", "worker": self.cfg.worker})
-        return _Series(start=start, stream=stream)
+        return _Series(start=start, stream=stream, warm_from_previous=warm is not None)
 
     def _step(self, s: _Series):
         try:
@@ -236,7 +239,7 @@ class ReconstructorService:
             "host_pid": os.getpid(),
             "config": self.recon_cfg.model_dump(mode="json"),
             "frame_ids": list(s.frame_ids),
-            "warm_start": s.stream._warm is not None,
+            "warm_start_from_previous_series": s.warm_from_previous,
             "elapsed_s": result.elapsed_s,
             "iterations": result.iterations,
             "stopped_because": result.stopped_because,

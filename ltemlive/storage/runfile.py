@@ -398,7 +398,8 @@ class RunWriter:
             ds.flush()
         commit = g[columns[-1][0]]
         commit.resize(row + 1, axis=0)
-        commit[row] = values[columns[-1][0]]
+        value = values[columns[-1][0]]
+        commit[row] = value() if callable(value) else value  # a clock read now: after the rest is flushed
         commit.flush()
         self._n[gname] = row + 1
         return row
@@ -484,7 +485,7 @@ class RunWriter:
             ser = self._series_row(s)
             if ser["status"] != "acquiring":
                 raise ValueError(f"{self.path}: series {s} has ended ({ser['status']}); no more frames")
-            values["t_written_epoch_s"] = time.time()
+            values["t_written_epoch_s"] = time.time  # stamped once the data and metadata are flushed
             frame_id = self._append("frames", values)
             self._n_frames = frame_id + 1
             if ser["first_frame"] < 0:
