@@ -17,6 +17,7 @@ examples:
   ltemlive run                                       a live session on the simulated instrument (config/default.yaml)
   ltemlive run --config my-session.yaml              the same with your plan / instrument
   ltemlive serve controller --config split.yaml      one role of a session, for deployments across hosts
+  ltemlive control tcp://127.0.0.1:PORT pause        pause (resume, abort, freeze_feedback...) a running session
   ltemlive replay runs/demo-....h5                   reconstruct a recorded run again through the service
   ltemlive demo --out runs/demo                      simulate a series and reconstruct it (offline)
   ltemlive simulate --config config/simulate.yaml --out series.h5
@@ -77,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one role of a session (instrument, controller, reconstructor, publisher)",
                        add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser(
+        "control",
+        help="send a command to a running session's controller (pause, resume, abort, feedback...)",
+        description="Send one command to the controller of a running session and print its reply and the run "
+        "status. ENDPOINT is the control endpoint ltemlive run prints at start (tcp://127.0.0.1:PORT).",
+    )
+    p.add_argument("endpoint", help="the controller's control endpoint, e.g. tcp://127.0.0.1:40123")
+    p.add_argument(
+        "action",
+        choices=["status", "pause", "resume", "abort", "stop", "freeze_feedback", "unfreeze_feedback",
+                 "reset_feedback"],
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply (default 5)")
 
     p = sub.add_parser(
         "replay",
@@ -352,6 +367,30 @@ def cmd_run(args, console) -> int:
     return run_session(cfg, console, log_level=args.log_level, summary=not args.no_summary)
 
 
+def cmd_control(args, console) -> int:
+    from ltemlive.controller.client import ControlClient, ControllerUnreachable
+    from ltemlive.session.config import _endpoint
+
+    try:
+        _endpoint(args.endpoint)
+    except ValueError as exc:
+        raise ValueError(f"endpoint: {exc}") from None
+    with ControlClient(args.endpoint, timeout_s=args.timeout) as client:
+        try:
+            reply = client.command(args.action)
+        except ControllerUnreachable as exc:
+            raise ValueError(str(exc)) from None
+    st = reply.status
+    console.print(f"{'ok' if reply.ok else 'refused'}: {reply.message}")
+    cal = st.get("calibration") or {}
+    console.print(
+        f"run {st.get('run_id')}: {st.get('state')}, series {st.get('series_index')} frame {st.get('frame_index')}, "
+        f"{st.get('frames_written')} frames; calibration scale {cal.get('scale', float('nan')):.5f}, offset "
+        f"{cal.get('offset_m', 0.0) * 1e6:+.2f} um{' (frozen)' if st.get('feedback_frozen') else ''}"
+    )
+    return 0 if reply.ok else 1
+
+
 def cmd_replay(args, console) -> int:
     from ltemlive.session.replay import replay
 
@@ -383,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "run": cmd_run,
         "replay": cmd_replay,
+        "control": cmd_control,
         "demo": cmd_demo,
         "simulate": cmd_simulate,
         "reconstruct": cmd_reconstruct,

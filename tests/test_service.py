@@ -81,6 +81,12 @@ def test_pause_resume_abort_restore_defocus(tmp_path):
     s = Session(data, tmp_path)
     try:
         s.wait(lambda st: st["frames_written"] >= 2, 60, "two frames")
+        # the operator's command line: freeze the feedback
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        cli = subprocess.run([sys.executable, "-m", "ltemlive.cli", "control", s.ready["controller"]["control"],
+                              "freeze_feedback"], capture_output=True, text=True, env=env, timeout=60)
+        assert cli.returncode == 0 and "frozen" in cli.stdout, cli.stdout + cli.stderr
+        assert s.status()["feedback_frozen"] is True
         r = s.control.command("pause")
         assert r.ok
         st = s.wait(lambda st: st["state"] == "paused", 10, "paused")

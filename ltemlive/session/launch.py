@@ -160,7 +160,8 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
                 progress.sync()
             elif role == "controller":
                 cfg = cfg.with_endpoints(frames=got["frames"], control=got["control"])
-                console.print(f"  controller: run file [bold]{got['run_file']}[/]")
+                console.print(f"  controller: run file [bold]{got['run_file']}[/]; commands: "
+                              f"ltemlive control {got['control']} pause|resume|abort|freeze_feedback|...")
         controller = children.get("controller")
         while controller is not None and controller.proc.poll() is None:
             if interrupted.is_set():

@@ -169,8 +169,22 @@ def serve_role(role: str, cfg: RunConfig, *, config_yaml: str = "") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ltemlive serve", description="Run one role of a live session.")
-    p.add_argument("role", choices=ROLES)
+    p = argparse.ArgumentParser(
+        prog="ltemlive serve",
+        description="Run one role of a live session, for deployments across hosts (ltemlive run starts all four "
+        "on one machine). The role binds what it owns, prints READY {json} with its endpoints, and serves until "
+        "Ctrl-C / SIGTERM.",
+        epilog="roles:\n"
+        "  instrument     the instrument server (backend and limits from the instrument section)\n"
+        "  controller     acquisition, run file, frame stream, control socket, defocus feedback\n"
+        "  reconstructor  reconstructs each series from the frame stream (torch; CPU or GPU)\n"
+        "  publisher      the update stream and snapshots for monitors\n\n"
+        "example (config/split-*.yaml):\n"
+        "  ltemlive serve controller --config config/split-microscope-pc.yaml\n"
+        "  ltemlive serve reconstructor --config config/split-gpu-workstation.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("role", choices=ROLES, help="which role to run")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", help="session YAML (default: the built-in defaults)")
     src.add_argument("--config-json", help=argparse.SUPPRESS)  # what ltemlive run passes to its children
