@@ -259,12 +259,11 @@ class Controller:
         self.writer.append_calibration(
             series, decision.after.scale, decision.after.offset_m, decision.accepted, record
         )
-        verdict = "accepted" if decision.accepted else "rejected"
+        est = decision.estimate_scale if decision.estimate_scale is not None else math.nan
         self._log(
             "calibration",
-            f"series {series}: estimate scale {decision.estimate_scale if decision.estimate_scale else math.nan:.5f} "
-            f"{verdict} ({decision.reason}); in force: scale {decision.after.scale:.5f}, "
-            f"offset {decision.after.offset_m * 1e6:+.2f} um",
+            f"series {series}: estimated scale {est:.5f}: {decision.reason}; in force: scale "
+            f"{decision.after.scale:.5f}, offset {decision.after.offset_m * 1e6:+.2f} um",
             series=series,
             accepted=decision.accepted,
         )
