@@ -259,3 +259,27 @@ def test_ltemlive_run_exits_0_and_writes_a_run_file_and_summary(tmp_path):
     for name in ("phase.png", "induction.png", "calibration.png", "summary.yaml"):
         assert (summary / name).stat().st_size > 1000
     assert "reconstructed" in r.stdout and "refined defocus" in r.stdout
+
+
+def test_replay_streams_a_recorded_run_through_the_reconstructor_again(tmp_path):
+    s = Session(small(tmp_path, plan={"repeats": 2}), tmp_path, publisher=False)
+    try:
+        assert s.wait_controller_exit(120) == 0
+    finally:
+        s.close()
+    before = s.run_file.read_bytes()
+    cfg = write_config(tmp_path, small(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "ltemlive.cli", "replay", str(s.run_file), "--config", str(cfg),
+                        "--max-iter", "10", "--out", str(tmp_path / "replayed")], capture_output=True, text=True,
+                       env=env, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert s.run_file.read_bytes() == before  # the recorded run is only read
+    out = sorted((tmp_path / "replayed").glob("*-replay-*.h5"))
+    assert len(out) == 1
+    run = read_run(out[0])
+    src = read_run(s.run_file)
+    assert run["n_frames"] == src["n_frames"] == 8
+    np.testing.assert_array_equal(run["readback"], src["readback"])
+    assert sorted(run["recon_series"]) == [0, 1]
+    assert len(run["calibration_scale"]) == 2  # what the feedback would have done, recorded (advisory)
