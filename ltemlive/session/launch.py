@@ -56,9 +56,12 @@ class Child:
         assert self.proc.stdout is not None
         threading.Thread(target=_pump, args=(self.proc.stdout, self._lines), daemon=True).start()
 
-    def wait_ready(self, timeout_s: float = 60.0) -> dict[str, Any]:
+    def wait_ready(self, timeout_s: float = 60.0, cancel: threading.Event | None = None) -> dict[str, Any] | None:
+        """The role's READY endpoints; None if ``cancel`` was set first (a Ctrl-C during start-up)."""
         deadline = time.monotonic() + timeout_s
         while True:
+            if cancel is not None and cancel.is_set():
+                return None
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RuntimeError(f"{self.role} did not start within {timeout_s:g} s (log: {self.log_path})")
@@ -152,7 +155,9 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
             if interrupted.is_set():
                 break
             child = children[role] = Child(role, cfg, log_dir, log_level=log_level)
-            got = child.wait_ready()
+            got = child.wait_ready(cancel=interrupted)
+            if got is None:
+                break
             ready[role] = got
             if role == "publisher":
                 cfg = cfg.with_endpoints(ingest=got["ingest"], updates=got["updates"], snapshot=got["snapshot"])

@@ -162,6 +162,7 @@ def serve_role(role: str, cfg: RunConfig, *, config_yaml: str = "") -> int:
 
     def ready(endpoints: dict[str, Any]) -> None:
         # ltemlive run waits for this line; keep its format stable.
+        endpoints = {**endpoints, "pid": os.getpid()}
         print("READY " + json.dumps({"role": role, **endpoints}), flush=True)
         logger.info("{} ready: {}", role, endpoints)
 
