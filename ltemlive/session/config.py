@@ -273,7 +273,16 @@ def check_everything(cfg: RunConfig, source: str = "config", role: str | None = 
             raise ConfigError(
                 format_errors(exc, source, SimulatedInstrumentConfig, ("instrument", "simulated"))
             ) from None
-    elif cfg.optics is None and role in (None, "controller"):
+    else:
+        from drivers.vendors.jeol import JeolConfig
+        from drivers.vendors.thermo import ThermoConfig
+
+        model = {"thermo": ThermoConfig, "jeol": JeolConfig}[backend]
+        try:
+            model.model_validate(inst.get(backend) or {})
+        except ValidationError as exc:
+            raise ConfigError(format_errors(exc, source, model, ("instrument", backend))) from None
+    if backend != "simulated" and cfg.optics is None and role in (None, "controller"):
         raise ConfigError(f"{source}: optics: required for a real instrument (voltage_v, cs_m, theta_c_rad)")
     lo, hi = min(cfg.plan.defocus_m), max(cfg.plan.defocus_m)
     limits = SafetyLimits.model_validate(inst.get("limits") or {})
