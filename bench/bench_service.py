@@ -11,10 +11,11 @@ Every figure is printed next to a bound measured in the same run on the same mac
      simulated instrument in process (time_scale 0), no reconstructor attached: p99 from a controller role
      process's status, p50/p99/max from the same Controller code run in this process; next to it np.copy of one
      frame and a write + flush of one frame into a chunked SWMR dataset with h5py alone.
-  3. latency from the last frame of a series (on disk) to the first published phase (the publisher's 'result'
-     event, as a subscriber sees it) and to the calibration decision at the controller, with a whole session of
-     real processes (publisher, reconstructor, controller; config/default.yaml, 2 series); next to it the
-     reconstruction's own elapsed_s (the final solve after the last image arrived: the latency cannot go below).
+  3. latency from the last frame of a series (on disk) to the first live phase preview of the whole series, to
+     the final published phase (the publisher's 'result' event, as a subscriber sees it) and to the calibration
+     decision at the controller, with a whole session of real processes (publisher, reconstructor, controller;
+     config/default.yaml, 2 series); next to it the reconstruction's own elapsed_s (the final solve after the
+     last image arrived: the latency cannot go below).
 
 Outputs go to a temporary directory (removed at the end unless --keep). Run:
     python bench/bench_service.py [--quick] [--keep]
@@ -423,7 +424,7 @@ def block_controller(args: argparse.Namespace, tmp: Path) -> None:
 
         row("controller role process: status frame_time_p99_s", None, p99_status)
         row("same Controller code in this process: frame_times_s", inproc)
-        row("run file: camera end -> t_written stamp (before the write)", end_to_stamp)
+        row("run file: camera end -> on disk (t_written, stamped after the flush)", end_to_stamp)
         row("bound: np.copy of one frame", t_copy)
         row("bound: h5py alone, resize + write + flush of one frame", t_h5)
         b = pct(t_copy, 50) + pct(t_h5, 50)
@@ -465,7 +466,8 @@ def block_latency(args: argparse.Namespace, tmp: Path) -> None:
         children.append(pub)
         got = pub.wait_ready(60)
         cfg = cfg.with_endpoints(ingest=got["ingest"], updates=got["updates"], snapshot=got["snapshot"])
-        sub = Subscriber(cfg.endpoints.updates, cfg.endpoints.snapshot, topics=("frame", "result", "calibration"))
+        topics = ("frame", "recon", "result", "calibration")
+        sub = Subscriber(cfg.endpoints.updates, cfg.endpoints.snapshot, topics=topics)
         t_sync = time.monotonic() + 5
         while not sub.synced and time.monotonic() < t_sync:
             sub.poll(0.1)
@@ -477,14 +479,18 @@ def block_latency(args: argparse.Namespace, tmp: Path) -> None:
         run_file = ctl.wait_ready(120)["run_file"]
         n_series = cfg.plan.repeats
 
+        n_images = len(cfg.plan.defocus_m)
+
         def take(timeout: float) -> None:
-            for ev, _arrays in sub.poll(timeout):
+            for ev, arrays in sub.poll(timeout):
                 now = time.time()
                 p = ev.payload
                 s = p.get("series", p.get("series_index"))
                 if not isinstance(s, int):
                     continue
                 seen.setdefault((ev.topic, s), now)
+                if ev.topic == "recon" and arrays and p.get("n_images") == n_images:
+                    seen.setdefault(("preview", s), now)  # the first live phase of the whole series
                 if ev.topic == "frame" and p.get("index") == p.get("n_frames", 0) - 1:
                     last_frame_event[s] = now
 
@@ -515,7 +521,10 @@ def block_latency(args: argparse.Namespace, tmp: Path) -> None:
         t_cal = next((c["t_epoch_s"] for c in cal if c["series_index"] == s), None)
         prov = next((x["provenance"] for x in recons if x["series_index"] == s), None)
         parts = [f"  series {s}: last frame on disk ->"]
-        parts.append(f"first phase published {t_res - t_disk:6.2f} s," if t_res else "no phase published,")
+        t_pre = seen.get(("preview", s))
+        if t_pre:
+            parts.append(f"first live phase (preview) {t_pre - t_disk:6.2f} s,")
+        parts.append(f"final phase published {t_res - t_disk:6.2f} s," if t_res else "no phase published,")
         parts.append(f"feedback at the controller {t_cal - t_disk:6.2f} s" if t_cal else "no calibration record")
         print(" ".join(parts))
         if s in last_frame_event:
