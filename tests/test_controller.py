@@ -100,3 +100,33 @@ def test_a_restarted_controller_reports_where_the_last_one_stood(tmp_path, ctx):
     assert "interrupted" in events["previous_run"]
     after = state.read()
     assert after["state"] == "done" and after["run_id"] == c.run_id and after["frames_written"] == 2
+
+
+def _faulty(tmp_path, ctx, prob, repeats):
+    import copy
+
+    inst = copy.deepcopy(INSTRUMENT)
+    inst["simulated"]["faults"] = {"drop_frame_prob": prob}
+    mic, cam = build(inst)
+    c = Controller(
+        mic, cam, Plan(defocus_m=[-1e-3, 1e-3], repeats=repeats, exposure_s=0.1), DefocusFeedback(FeedbackConfig()),
+        session="t", output_dir=tmp_path, optics=OpticsInfo(voltage_v=200e3), context=ctx, drain_timeout_s=0.2,
+    )
+    return c, c.run()
+
+
+def test_a_camera_that_always_fails_ends_the_run_in_error_with_the_defocus_restored(tmp_path, ctx):
+    c, state = _faulty(tmp_path, ctx, 1.0, repeats=5)
+    assert state == RunState.ERROR and "in a row failed" in c.error
+    assert c.microscope.get_defocus() == 0.0
+    with h5py.File(c.run_path, "r") as f:
+        assert list(f["series/status"].asstr()[:]) == ["error"] * 3
+        assert any("frame dropped" in m for m in f["series/reason"].asstr()[:])
+
+
+def test_an_occasional_camera_fault_costs_one_series_not_the_run(tmp_path, ctx):
+    c, state = _faulty(tmp_path, ctx, 0.25, repeats=6)
+    assert state == RunState.DONE and c.outcome == "complete"
+    with h5py.File(c.run_path, "r") as f:
+        statuses = list(f["series/status"].asstr()[:])
+    assert len(statuses) == 6 and "complete" in statuses and "error" in statuses, statuses
