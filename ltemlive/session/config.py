@@ -243,6 +243,7 @@ def check_everything(cfg: RunConfig, source: str = "config", role: str | None = 
     imports torch). ``ltemlive run`` (role None: everything) and ``serve ROLE`` call it before starting."""
     if role in (None, "reconstructor"):
         reconstruction_config(cfg, source)
+    _connectable(cfg, source, role)
     if role in ("reconstructor", "publisher"):
         return
     from drivers.limits import SafetyLimits
@@ -291,6 +292,28 @@ def check_everything(cfg: RunConfig, source: str = "config", role: str | None = 
             f"{source}: plan.defocus_m: {lo:g}..{hi:g} m is outside the instrument's limits "
             f"{limits.defocus_min_m:g}..{limits.defocus_max_m:g} m (instrument.limits)"
         )
+
+
+#: what each role connects to (it binds the rest); ltemlive run fills these in as it starts the roles
+CONNECTS = {
+    "controller": ("ingest",),
+    "reconstructor": ("frames", "control", "ingest"),
+}
+
+
+def _connectable(cfg: RunConfig, source: str, role: str | None) -> None:
+    """A role started on its own must be told the real address of what it connects to: port * is only for
+    binding (``ltemlive run`` passes the bound ports to the roles it starts)."""
+    names = list(CONNECTS.get(role or "", ()))
+    if role == "controller" and cfg.controller.instrument_mode == "remote":
+        names.insert(0, "instrument")
+    for name in names:
+        ep = getattr(cfg.endpoints, name)
+        if ep.startswith("tcp://") and ep.endswith(":*"):
+            raise ConfigError(
+                f"{source}: endpoints.{name}: {ep} has no port, but the {role} connects there; give the address "
+                f"the other role bound (e.g. tcp://127.0.0.1:7101; config/split-*.yaml), or use ltemlive run"
+            )
 
 
 def reconstruction_config(cfg: RunConfig, source: str = "config"):
