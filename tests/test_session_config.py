@@ -122,7 +122,9 @@ def test_help_reads_well():
         assert r.returncode == 0 and "usage" in r.stdout.lower(), r.stderr
 
 
-@pytest.mark.parametrize(("role", "field"), [("controller", "endpoints.instrument"), ("reconstructor", "endpoints.frames")])
+@pytest.mark.parametrize(
+    ("role", "field"), [("controller", "endpoints.instrument"), ("reconstructor", "endpoints.frames")]
+)
 def test_a_role_on_its_own_needs_the_real_address_of_what_it_connects_to(tmp_path, role, field):
     r = run_cli("serve", role, cwd=tmp_path)
     assert r.returncode == 2 and field in r.stderr and "Traceback" not in r.stderr, r.stderr
