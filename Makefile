@@ -15,6 +15,6 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) bench/bench_forward.py
-	$(PY) bench/bench_tie.py
+	$(PY) bench/bench_tie_forward.py
 	$(PY) bench/bench_ad.py
+	$(PY) bench/bench_service.py

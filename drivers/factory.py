@@ -23,7 +23,7 @@ from drivers.interface import Camera, Microscope
 from drivers.limits import LimitedMicroscope, SafetyLimits
 from drivers.server import Backend
 
-__all__ = ["BACKENDS", "build", "build_backend", "load_config"]
+__all__ = ["BACKENDS", "build", "build_backend", "check_config", "load_config"]
 
 BACKENDS = ("simulated", "remote", "thermo", "jeol")
 
@@ -32,6 +32,44 @@ def load_config(path: str | Path) -> dict[str, Any]:
     from drivers.server import load_config as _load
 
     return _load(path)
+
+
+def check_config(config: Any) -> None:
+    """Validate an instrument config before anything starts; ValueError with one line per problem
+    (``section.field: what is wrong``)."""
+    from pydantic import ValidationError
+
+    if not isinstance(config, Mapping):
+        raise ValueError(f"expected a mapping with 'backend' ({', '.join(BACKENDS)}), got {type(config).__name__}")
+    kind = config.get("backend", "simulated")
+    if kind not in BACKENDS:
+        raise ValueError(f"backend: {kind!r} is not one of {', '.join(BACKENDS)}")
+    unknown = sorted(set(config) - {"backend", "limits", "server", "simulated", "remote", "thermo", "jeol"})
+    if unknown:
+        allowed = ", ".join(("backend", "limits", "server", *BACKENDS))
+        raise ValueError(f"unknown section(s) {', '.join(unknown)}; allowed: {allowed}")
+    models: list[tuple[str, Any]] = [("limits", SafetyLimits)]
+    if kind == "simulated":
+        from drivers.simulated import SimulatedInstrumentConfig
+
+        models.append(("simulated", SimulatedInstrumentConfig))
+    elif kind == "thermo":
+        from drivers.vendors.thermo import ThermoConfig
+
+        models.append(("thermo", ThermoConfig))
+    elif kind == "jeol":
+        from drivers.vendors.jeol import JeolConfig
+
+        models.append(("jeol", JeolConfig))
+    for section, model in models:
+        try:
+            model.model_validate(config.get(section) or {})
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                where = ".".join(str(p) for p in (section, *err["loc"]))
+                lines.append(f"{where}: {err['msg']}" + (f" (got {err['input']!r:.60})" if "input" in err else ""))
+            raise ValueError("; ".join(lines)) from None
 
 
 def _limits(config: Mapping[str, Any]) -> SafetyLimits:

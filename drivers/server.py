@@ -457,10 +457,25 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
 
     logger.remove()
-    logger.add(sys.stderr, level=ns.log_level.upper())
-    from drivers.factory import build_backend
+    logger.add(sys.stderr, level=ns.log_level.upper(), format="{time:HH:mm:ss.SSS} {level: <7} {message}")
+    from drivers.factory import build_backend, check_config
 
-    config = load_config(ns.config) if ns.config else json.loads(ns.config_json)
+    source = ns.config or "--config-json"
+    try:
+        if ns.config:
+            config = load_config(ns.config)
+        else:
+            config = json.loads(ns.config_json)
+        check_config(config)
+    except FileNotFoundError:
+        print(f"error: {source}: no such config file", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # yaml.YAMLError and json.JSONDecodeError are ValueErrors here
+        print(f"error: {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a YAML parser error is not a ValueError
+        print(f"error: {source}: not a valid config: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     endpoint = ns.endpoint or config.get("server", {}).get("endpoint") or "tcp://127.0.0.1:*"
     server = InstrumentServer(lambda: build_backend(config), endpoint)
 

@@ -95,6 +95,13 @@ def colour_wheel_legend(size: int = 64) -> np.ndarray:
     return legend
 
 
+def _mathtext_title(title: str) -> str:
+    """Write a literal 'B_perp t' / 'B_perp' (as older callers pass it) as mathtext $B_\\perp t$."""
+    if "$" in title:
+        return title
+    return title.replace("B_perp t", r"$B_\perp t$").replace("B_perp", r"$B_\perp$")
+
+
 def save_induction_png(
     path: str | os.PathLike,
     bx,
@@ -104,33 +111,27 @@ def save_induction_png(
     *,
     saturation_scale: float | None = None,
     dpi: int = 150,
+    percentile: float = _ROBUST_PERCENTILE,
 ) -> str:
-    """Write the colour-wheel picture of (bx, by) to a PNG with axes in nm and the legend inset.
+    """Write the colour-wheel picture of (bx, by) (T m) to a PNG: pictures.induction_field_figure, with the
+    wheel and a magnitude ramp beside the map (not over it), a scale bar, and the saturation written on it.
 
     Uses the Agg canvas on a bare Figure (no pyplot), so it is safe in worker threads and headless servers.
     Returns the path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ltemlive.pictures import induction_field_figure, save_figure
 
-    rgb = colour_wheel(bx, by, saturation_scale=saturation_scale)
-    pixel = float(pixel_size_m)
-    if not np.isfinite(pixel) or pixel <= 0:
-        raise ValueError(f"pixel_size_m must be a finite positive number, got {pixel_size_m!r}")
-    h, w = rgb.shape[:2]
-    pixel_nm = pixel * 1e9
-
-    fig = Figure(figsize=(6, 6 * h / w + 0.4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    # extent keeps row 0 at the top (origin="upper"), matching the [y, x] convention.
-    ax.imshow(rgb, extent=(0, w * pixel_nm, h * pixel_nm, 0), interpolation="nearest")
-    ax.set_xlabel("x (nm)")
-    ax.set_ylabel("y (nm)")
-    if title:
-        ax.set_title(title)
-    inset = ax.inset_axes((0.78, 0.78, 0.2, 0.2))
-    inset.imshow(colour_wheel_legend(128), interpolation="bilinear")
-    inset.set_axis_off()
-    fig.savefig(os.fspath(path), dpi=dpi, bbox_inches="tight")
+    if saturation_scale is not None:
+        scale = float(saturation_scale)
+        if not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"saturation_scale must be a finite positive number, got {saturation_scale!r}")
+    fig, _ = induction_field_figure(
+        bx,
+        by,
+        pixel_size_m,
+        title=_mathtext_title(title) if title else None,
+        saturation_scale=saturation_scale,
+        percentile=percentile,
+    )
+    save_figure(fig, path, dpi=dpi)
     return os.fspath(path)

@@ -18,56 +18,244 @@ def _extent_nm(shape, pixel_size_m: float):
     return (0, w * pixel_size_m * 1e9, h * pixel_size_m * 1e9, 0)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    FigureCanvasAgg(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
-
-
 def save_phase_png(path, phase: np.ndarray, pixel_size_m: float, title: str = "phase (rad)") -> Path:
-    fig = Figure(figsize=(6, 5))
+    """Phase map with a colour bar (rad) and a scale bar: phase_figure, written to path."""
+    return save_figure(phase_figure(_to_numpy(phase), pixel_size_m, title=title), path, dpi=110)
+
+
+# Colours for the stage markers of loss_figure; other stage names get the next colour of the cycle.
+_STAGE_COLOURS = {"start": "0.55", "warm-up": "tab:orange", "defocus scale": "tab:green", "refine": "tab:blue"}
+_STAGE_LABELS = {"start": "start", "warm-up": "warm-up", "defocus scale": "defocus scale fit", "refine": "refine"}
+
+
+def loss_figure(history: Sequence[dict]) -> Figure:
+    """Total, data and regulariser loss against iteration, with a labelled line at every stage change.
+
+    Each point whose stage differs from the point before (warm-up, defocus scale fit, ...) gets a vertical
+    line in that stage's colour, a short label along it and one legend entry per stage name; the return to
+    "refine" after each defocus scale fit is not marked again, only the start of the refinement.
+    """
+    fig = Figure(figsize=(7.0, 4.2))
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    im = ax.imshow(phase, cmap="gray", extent=_extent_nm(phase.shape, pixel_size_m))
-    ax.set_xlabel("x (nm)")
-    ax.set_ylabel("y (nm)")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="rad")
-    return _save(fig, path)
+    ax.set_title("reconstruction loss", fontsize=11)
+    ax.set_xlabel("phase iteration")
+    ax.set_ylabel("loss per pixel")
+    if not history:
+        ax.text(0.5, 0.5, "no iterations recorded", transform=ax.transAxes, ha="center", va="center")
+        return fig
+    it = np.array([h["iteration"] for h in history], dtype=np.float64)
+    for key, style, colour, label in (
+        ("loss", "-", "k", "total"),
+        ("data_loss", "--", "tab:red", "data"),
+        ("reg_loss", ":", "tab:purple", "regulariser"),
+    ):
+        values = np.array([h.get(key, np.nan) for h in history], dtype=np.float64)
+        keep = np.isfinite(values) & (values > 0)
+        if keep.any():
+            ax.semilogy(it[keep], values[keep], style, color=colour, lw=1.3, label=label)
+
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+
+    cycle = iter(["tab:brown", "tab:pink", "tab:olive", "tab:cyan"])  # for stage names not in _STAGE_COLOURS
+    colours: dict[str, str] = {}
+    stage_handles: dict[str, Line2D] = {}
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    prev = None
+    for h in history:
+        stage = str(h["stage"])
+        # Returning to refine after a one-off fit is no new stage: only its first start is marked.
+        if stage != prev and (stage != "refine" or stage not in colours):
+            if stage not in colours:
+                colours[stage] = _STAGE_COLOURS.get(stage) or next(cycle, "0.3")
+            colour = colours[stage]
+            ax.axvline(h["iteration"], color=colour, lw=1.0, ls="-.", alpha=0.8, zorder=0)
+            ax.text(
+                h["iteration"],
+                0.98,
+                f" {_STAGE_LABELS.get(stage, stage)}",
+                transform=trans,
+                rotation=90,
+                ha="right",
+                va="top",
+                fontsize=7,
+                color=colour,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5},
+            )
+            if stage not in stage_handles:
+                stage_handles[stage] = Line2D(
+                    [], [], color=colour, lw=1.0, ls="-.", label=f"stage: {_STAGE_LABELS.get(stage, stage)}"
+                )
+        prev = stage
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(
+        handles=handles + list(stage_handles.values()),
+        fontsize=8,
+        frameon=False,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+    )
+    ax.grid(True, which="major", color="0.92", lw=0.6)
+    ax.set_axisbelow(True)
+    return fig
 
 
 def save_loss_png(path, history: Sequence[dict]) -> Path:
-    """Total, data and regulariser terms against iteration, with the stage of each point marked."""
-    it = np.array([h["iteration"] for h in history])
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    for key, style in (("loss", "-"), ("data_loss", "--")):
-        ax.semilogy(it, [h[key] for h in history], style, label=key.replace("_", " "))
-    for h in history:
-        if h["stage"] not in ("refine",):
-            ax.axvline(h["iteration"], color="0.85", lw=0.8, zorder=0)
-    ax.set_xlabel("phase iteration")
-    ax.set_ylabel("loss per pixel")
-    ax.legend()
-    ax.set_title("reconstruction loss")
-    return _save(fig, path)
+    """Total, data and regulariser terms against iteration, with each stage change labelled (loss_figure)."""
+    return save_figure(loss_figure(history), path, dpi=110)
 
 
-def save_comparison_png(path, panels: Sequence[tuple[str, np.ndarray]], pixel_size_m: float) -> Path:
-    """Side-by-side maps (e.g. truth, TIE, AD) on one colour scale per panel."""
-    fig = Figure(figsize=(4 * len(panels), 4))
-    for i, (title, img) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        ax.imshow(img, cmap="gray", extent=_extent_nm(img.shape, pixel_size_m))
-        ax.set_title(title)
-        ax.set_xlabel("x (nm)")
-    return _save(fig, path)
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
 
 
-def save_series_png(path, images: np.ndarray, defocus_m: Sequence[float], pixel_size_m: float) -> Path:
-    panels = [(f"df = {d * 1e3:+.3f} mm", img) for img, d in zip(images, defocus_m, strict=True)]
-    return save_comparison_png(path, panels, pixel_size_m)
+def _finite_range(arrays, lo_pct: float | None = None, hi_pct: float | None = None) -> tuple[float, float]:
+    """(low, high) over the finite values of all arrays: min/max, or the given percentiles of the pooled values."""
+    finite = np.concatenate([a[np.isfinite(a)].ravel() for a in arrays]) if arrays else np.zeros(0)
+    if finite.size == 0:
+        return 0.0, 1.0
+    if lo_pct is None:
+        lo, hi = float(finite.min()), float(finite.max())
+    else:
+        lo, hi = (float(v) for v in np.percentile(finite, [lo_pct, hi_pct]))
+    if not hi > lo:  # flat images: a unit-wide window around the value
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def _image_grid_figure(
+    panels: Sequence[tuple[str, np.ndarray]],
+    pixel_size_m: float,
+    vmin: float,
+    vmax: float,
+    cbar_label: str,
+    *,
+    cmap: str = "gray",
+    max_cols: int = 5,
+    panel_in: float = 3.2,
+    extend: str = "neither",
+) -> Figure:
+    """Image panels on one colour scale (vmin, vmax), a scale bar on each and one colour bar for all."""
+    n = len(panels)
+    if n == 0:
+        raise ValueError("nothing to plot: no panels")
+    shapes = {img.shape for _, img in panels}
+    for _, img in panels:
+        if img.ndim != 2:
+            raise ValueError(f"each panel must be a 2-D (H, W) array, got shape {img.shape}")
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    h, w = panels[0][1].shape
+    aspect = h / w
+    fig = Figure(figsize=(panel_in * cols + 0.9, panel_in * aspect * rows + 0.45 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    im = None
+    for k, a in enumerate(axes.ravel()):
+        if k >= n:
+            a.set_axis_off()
+            continue
+        title, img = panels[k]
+        im = a.imshow(
+            img, cmap=cmap, vmin=vmin, vmax=vmax, extent=_extent_nm(img.shape, pixel_size_m), interpolation="nearest"
+        )
+        _bare_image_axes(a)
+        a.set_title(title, fontsize=10)
+        add_scale_bar(a, pixel_size_m, img.shape)
+    used = [a for k, a in enumerate(axes.ravel()) if k < n]
+    cbar = fig.colorbar(im, ax=used, shrink=0.9 if rows == 1 else 0.95, pad=0.02, extend=extend)
+    cbar.set_label(cbar_label)
+    cbar.outline.set_linewidth(0.6)
+    if len(shapes) > 1:
+        fig.suptitle("panels differ in size; scale bars are per panel", fontsize=8)
+    return fig
+
+
+def comparison_figure(
+    panels: Sequence[tuple[str, np.ndarray]],
+    pixel_size_m: float,
+    *,
+    scale: str = "union",
+    unit: str = "rad",
+    quantity: str = "phase",
+    cmap: str = "gray",
+) -> Figure:
+    """Side-by-side maps (e.g. truth, TIE, AD) on ONE colour scale, one colour bar in `unit`, scale bars.
+
+    scale="union" (default): the range spans the finite min and max over all panels, so nothing is clipped.
+    scale="reference": the range of the first panel (put the truth or the reference there); values of other
+    panels outside it saturate, which the colour bar shows with arrows.
+    """
+    arrays = [(str(t), _to_numpy(img)) for t, img in panels]
+    if not arrays:
+        raise ValueError("nothing to plot: no panels")
+    if scale == "union":
+        vmin, vmax = _finite_range([a for _, a in arrays])
+        extend = "neither"
+    elif scale == "reference":
+        vmin, vmax = _finite_range([arrays[0][1]])
+        lo, hi = _finite_range([a for _, a in arrays])
+        extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+            (lo < vmin, hi > vmax)
+        ]
+    else:
+        raise ValueError(f"scale must be 'union' or 'reference', got {scale!r}")
+    label = f"{quantity} ({unit})" if quantity else unit
+    return _image_grid_figure(arrays, pixel_size_m, vmin, vmax, label, cmap=cmap, extend=extend)
+
+
+def save_comparison_png(
+    path, panels: Sequence[tuple[str, np.ndarray]], pixel_size_m: float, *, scale: str = "union", unit: str = "rad"
+) -> Path:
+    """Side-by-side maps on one colour scale with one colour bar and scale bars (comparison_figure)."""
+    return save_figure(comparison_figure(panels, pixel_size_m, scale=scale, unit=unit), path, dpi=110)
+
+
+def series_figure(
+    images: np.ndarray,
+    defocus_m: Sequence[float],
+    pixel_size_m: float,
+    *,
+    counts: bool = False,
+    intensity_unit: str | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> Figure:
+    """The defocus series on ONE grey scale: the given percentiles of all images pooled (robust to hot
+    pixels), one colour bar labelled with the intensity unit, a scale bar on each panel, defocus in each title.
+
+    The unit is intensity_unit when given, else "counts" when counts=True (dose-scaled frames), else
+    "normalised intensity".
+    """
+    imgs = _to_numpy(images)
+    if imgs.ndim == 2:
+        imgs = imgs[None]
+    if imgs.ndim != 3:
+        raise ValueError(f"images must be (N, H, W), got shape {imgs.shape}")
+    df = [float(d) for d in np.asarray(defocus_m, dtype=np.float64).ravel()]
+    if len(df) != imgs.shape[0]:
+        raise ValueError(f"defocus_m has {len(df)} entries for {imgs.shape[0]} images")
+    unit = intensity_unit or ("counts" if counts else "normalised intensity")
+    df_unit = "mm" if max((abs(d) for d in df), default=0.0) >= 1e-3 else "µm"
+    panels = [(f"Δf = {format_defocus(d, df_unit)}", img) for img, d in zip(imgs, df, strict=True)]
+    vmin, vmax = _finite_range(list(imgs), *percentiles)
+    return _image_grid_figure(panels, pixel_size_m, vmin, vmax, unit, extend="both")
+
+
+def save_series_png(
+    path,
+    images: np.ndarray,
+    defocus_m: Sequence[float],
+    pixel_size_m: float,
+    *,
+    counts: bool = False,
+    intensity_unit: str | None = None,
+) -> Path:
+    """The series montage on one grey scale with a colour bar, scale bars and defocus titles (series_figure)."""
+    fig = series_figure(images, defocus_m, pixel_size_m, counts=counts, intensity_unit=intensity_unit)
+    return save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -227,34 +415,52 @@ def induction_saturation(bx, by, percentile: float = 99.0) -> float:
     return float(np.percentile(np.hypot(np.asarray(bx), np.asarray(by)), percentile))
 
 
-def induction_figure(
-    phase: np.ndarray,
+def _ordinal(p: float) -> str:
+    n = f"{p:g}"
+    if not n.isdigit():
+        return f"{n}th"
+    k = int(n)
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{n}{suffix}"
+
+
+_BPT = r"$|B_\perp t|$"
+
+
+def induction_field_figure(
+    bx,
+    by,
     pixel_size_m: float,
     *,
     title: str | None = None,
     saturation_scale: float | None = None,
+    percentile: float = 99.0,
     width_in: float = 6.2,
 ) -> tuple[Figure, float]:
-    """Colour-wheel picture of the in-plane induction of a phase map, with the wheel and a magnitude ramp
-    in a side panel (outside the data) and a scale bar on the image.
+    """Colour-wheel picture of an in-plane induction (B_x t, B_y t in T m), with the wheel and a magnitude
+    ramp in a side panel to the right of the data (never over it) and a scale bar on the image.
 
-    The saturation (|B_perp t| in T m at full brightness) defaults to the 99th percentile of the magnitude;
-    returns (figure, saturation used), 0.0 for a zero field (all black).
+    The saturation (|B_perp t| in T m at full brightness) defaults to the given percentile of the magnitude,
+    and the figure says so; returns (figure, saturation used), 0.0 for a zero field (all black).
     """
-    from ltemlive.induction import colour_wheel, colour_wheel_legend, induction_map
+    from ltemlive.induction import colour_wheel, colour_wheel_legend
 
-    bx, by = induction_map(phase, pixel_size_m)
-    sat = induction_saturation(bx, by) if saturation_scale is None else float(saturation_scale)
-    rgb = colour_wheel(bx, by, saturation_scale=sat if sat > 0 else None)
+    bx, by = _to_numpy(bx), _to_numpy(by)
+    pixel = float(pixel_size_m)
+    if not np.isfinite(pixel) or pixel <= 0:
+        raise ValueError(f"pixel_size_m must be a finite positive number, got {pixel_size_m!r}")
+    auto = saturation_scale is None
+    sat = induction_saturation(bx, by, percentile) if auto else float(saturation_scale)
+    rgb = colour_wheel(bx, by, saturation_scale=sat if (sat > 0 or not auto) else None)
     h, w = rgb.shape[:2]
     fig = Figure(figsize=(width_in, (width_in - 1.6) * h / w + (0.35 if title else 0.1)))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.imshow(rgb, extent=_extent_nm((h, w), pixel_size_m), interpolation="nearest")
+    ax.imshow(rgb, extent=_extent_nm((h, w), pixel), interpolation="nearest")
     _bare_image_axes(ax)
     if title:
         ax.set_title(title, fontsize=11)
-    add_scale_bar(ax, pixel_size_m, (h, w))
+    add_scale_bar(ax, pixel, (h, w))
 
     # Side panel, to the right of the data: the wheel with its screen axes, then the brightness ramp.
     wheel_ax = ax.inset_axes((1.06, 0.50, 0.34, 0.34))
@@ -273,10 +479,32 @@ def induction_figure(
     ramp_ax.tick_params(length=2, pad=2)
     for spine in ramp_ax.spines.values():
         spine.set_linewidth(0.6)
-    ramp_ax.set_title("|B⊥t| (T·nm)", fontsize=9)
-    note = f"saturates at\n|B⊥t| = {sat_tnm:.3g} T·nm" if sat > 0 else "zero field"
+    ramp_ax.set_title(f"magnitude {_BPT} (T·nm)", fontsize=9)
+    if sat <= 0:
+        note = "zero field"
+    elif auto:
+        note = f"saturates at the {_ordinal(percentile)}\npercentile of {_BPT}:\n{sat_tnm:.3g} T·nm"
+    else:
+        note = f"saturates at\n{_BPT} = {sat_tnm:.3g} T·nm\n(fixed scale)"
     ramp_ax.text(0.5, -1.9, note, transform=ramp_ax.transAxes, ha="center", va="top", fontsize=8)
     return fig, sat
+
+
+def induction_figure(
+    phase: np.ndarray,
+    pixel_size_m: float,
+    *,
+    title: str | None = None,
+    saturation_scale: float | None = None,
+    width_in: float = 6.2,
+) -> tuple[Figure, float]:
+    """induction_field_figure of the in-plane induction of a phase map (rad); returns (figure, saturation)."""
+    from ltemlive.induction import induction_map
+
+    bx, by = induction_map(phase, pixel_size_m)
+    return induction_field_figure(
+        bx, by, pixel_size_m, title=title, saturation_scale=saturation_scale, width_in=width_in
+    )
 
 
 def calibration_figure(

@@ -454,7 +454,9 @@ class Reconstructor:
         if not phase_params and not optics_params:
             self.stopped_because = "nothing to refine"
             return
-        new_phase_opt = lambda: self._lbfgs(phase_params, cfg.block_iter) if phase_params else None  # noqa: E731
+        # A block never takes more than half the budget: --max-iter 3 runs 3 iterations, not two 15-step blocks.
+        block = max(1, min(cfg.block_iter, cfg.max_iter // 2))
+        new_phase_opt = lambda: self._lbfgs(phase_params, block) if phase_params else None  # noqa: E731
         phase_opt = new_phase_opt()
         optics_opt = self._lbfgs(optics_params, cfg.optics_iter) if optics_params else None
         refine_defocus = cfg.free.defocus and phase_opt is not None

@@ -166,6 +166,7 @@ def decode_array(header: ArrayHeader, buf: Any, *, require_finite: bool = False)
     if mv.nbytes != expected:
         raise WireError(f"array payload has {mv.nbytes} bytes, header declares {expected}")
     a = np.frombuffer(mv, dtype=dtype).reshape(header.shape)
+    a.flags.writeable = False  # a view of the received bytes: copy before modifying
     if require_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
         raise WireError("array contains NaN or infinite values")
     return a
