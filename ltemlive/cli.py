@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-config", type=Path, default=None, help="simulation YAML (default: built-in demo)")
     p.add_argument("--size", type=int, default=256, help="image size in pixels (default 256)")
     p.add_argument("--dose", type=float, default=100.0, help="electrons per pixel (default 100)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo in --out")
     _add_recon_options(p)
 
     p = sub.add_parser("simulate", help="write a simulated through-focus series with its ground truth")
@@ -120,16 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dose", type=float, default=None, help="electrons per pixel; omit for noise-free")
     p.add_argument("--defocus", type=float, nargs="+", default=None, metavar="M", help="nominal defocus (m)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (and its sidecar)")
 
     p = sub.add_parser("reconstruct", help="AD reconstruction of a recorded or simulated series")
     p.add_argument("series", type=Path, help="SERIES.h5 (ltemlive), SERIES.tif + SERIES.yaml, or DM/MRC/EMD")
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     _add_recon_options(p)
 
     p = sub.add_parser("tie", help="transport-of-intensity reconstruction (fast, no refinement)")
     p.add_argument("series", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--q-cut", type=float, default=None, help="Tikhonov cut-off in cycles per pixel")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
 
     p = sub.add_parser("instrument-server", help="serve a microscope backend over ZeroMQ", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -183,7 +188,15 @@ def _recon_config(args):
         data["padding"] = args.padding
     if args.float64:
         data["dtype"] = "float64"
-    cfg = ReconstructionConfig.model_validate(data)
+    try:
+        cfg = ReconstructionConfig.model_validate(data)
+    except ValidationError as exc:
+        from ltemlive.session.config import ConfigError, format_errors
+
+        source = str(args.config) if args.config is not None else "command line"
+        raise ConfigError(format_errors(exc, source, ReconstructionConfig)) from None
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device):
+        raise ValueError(f"--device {cfg.device!r}: allowed values are cpu, cuda, cuda:N")
     if cfg.device.startswith("cuda"):
         import torch
 
@@ -192,30 +205,57 @@ def _recon_config(args):
     return cfg
 
 
-def _run_reconstruction(series, cfg, out: Path, console) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def _run_reconstruction(series, cfg, out: Path, console, *, overwrite: bool = False) -> None:
+    import time
 
     from ltemlive.reconstruct import Reconstructor
     from ltemlive.storage.results import write_reconstruction
 
     rec = Reconstructor(series, cfg)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("it {task.completed:>4.0f}/{task.total:.0f}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("reconstructing", total=cfg.max_iter, info="")
+    # A bar in a terminal (short enough for 80 columns); plain periodic lines in a log file or a pipe.
+    t0 = last = time.monotonic()
+    if console.is_terminal:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("[bold]AD[/]"),
+            BarColumn(bar_width=20),
+            TextColumn("{task.completed:>4.0f}/{task.total:.0f}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+        ) as progress:
+            task = progress.add_task("reconstructing", total=cfg.max_iter, info="")
+            for snap in rec.steps():
+                mean_df = float(sum(snap.defocus_m) / len(snap.defocus_m))
+                info = f"{snap.stage[:10]:<10} loss {snap.data_loss:.3e} df~{mean_df * 1e3:+.3f}mm"
+                shown = info[: max(console.width - 45, 0)]
+                progress.update(task, completed=min(snap.iteration, cfg.max_iter), info=shown)
+    else:
         for snap in rec.steps():
-            df = ", ".join(f"{d * 1e3:+.4f}" for d in snap.defocus_m)
-            info = f"{snap.stage:<13} loss {snap.data_loss:.3e}  df [{df}] mm  θc {snap.theta_c_rad:.2e}"
-            progress.update(task, completed=min(snap.iteration, cfg.max_iter), info=info)
+            now = time.monotonic()
+            if now - last >= 5.0 or snap.iteration == 0:
+                last = now
+                df = ", ".join(f"{d * 1e3:+.4f}" for d in snap.defocus_m)
+                console.print(f"{now - t0:7.1f} s  it {snap.iteration:>4}/{cfg.max_iter}  {snap.stage:<13} "
+                              f"loss {snap.data_loss:.4e}  df [{df}] mm", highlight=False, soft_wrap=True)
     result = rec.result()
-    files = write_reconstruction(out, series, result, cfg)
+    files = write_reconstruction(out, series, result, cfg, overwrite=overwrite)
     _report(console, series, result, files)
+
+
+def _prepare_output(out: Path, overwrite: bool, names=None) -> None:
+    """Before any work: the folder must be writable, and earlier results in it are kept unless --overwrite."""
+    _writable(out)
+    if names is None:
+        from ltemlive.storage.results import existing_outputs
+
+        found = existing_outputs(out)
+    else:
+        found = [out / n for n in names if (out / n).exists()]
+    if found and not overwrite:
+        shown = ", ".join(p.name for p in found[:4]) + (" ..." if len(found) > 4 else "")
+        raise ValueError(f"{out}: holds results of an earlier run ({shown}); choose another --out or add --overwrite")
 
 
 def _report(console, series, result, files) -> None:
@@ -227,9 +267,11 @@ def _report(console, series, result, files) -> None:
     for i, (dn, d, s, sh) in enumerate(
         zip(result.defocus_nominal_m, result.defocus_m, result.defocus_sigma_m, result.shifts_px, strict=True)
     ):
-        t.add_row(str(i), f"{dn * 1e3:+.4f}", f"{d * 1e3:+.4f}", f"{s * 1e6:.2f}", f"({sh[0]:+.2f}, {sh[1]:+.2f})")
+        sig = f"{s * 1e6:.2f}" if s == s else "fixed"  # NaN: the group was frozen, not refined
+        t.add_row(str(i), f"{dn * 1e3:+.4f}", f"{d * 1e3:+.4f}", sig, f"({sh[0]:+.2f}, {sh[1]:+.2f})")
     console.print(t)
-    console.print(f"theta_c = {result.theta_c_rad:.3e} ± {result.theta_c_sigma_rad:.1e} rad")
+    ts = result.theta_c_sigma_rad
+    console.print(f"theta_c = {result.theta_c_rad:.3e}" + (f" ± {ts:.1e} rad" if ts == ts else " rad (fixed)"))
     if series.truth is not None:
         from ltemlive.metrics import phase_accuracy, phase_rmse
 
@@ -254,6 +296,7 @@ def cmd_demo(args, console) -> int:
     else:
         sim_cfg = SimulationConfig(shape=(args.size, args.size), dose_e_per_px=args.dose, drift_px_per_frame=1.0)
     cfg = _recon_config(args)
+    _prepare_output(args.out, args.overwrite)
     h, w = sim_cfg.shape
     console.print(f"[bold]simulating[/] {sim_cfg.specimen} {h}x{w}, dose {sim_cfg.dose_e_per_px} e/px")
     series = simulate(sim_cfg)
@@ -261,8 +304,11 @@ def cmd_demo(args, console) -> int:
     write_series_h5(args.out / "series.h5", series)
     from ltemlive import pictures
 
-    pictures.save_series_png(args.out / "series.png", series.images, series.defocus_m, series.pixel_size_m)
-    _run_reconstruction(series, cfg, args.out, console)
+    pictures.save_series_png(
+        args.out / "series.png", series.images, series.defocus_m, series.pixel_size_m,
+        counts=series.dose_e_per_px is not None,
+    )
+    _run_reconstruction(series, cfg, args.out, console, overwrite=True)  # checked above; series.h5 is ours
     return 0
 
 
@@ -281,6 +327,14 @@ def cmd_simulate(args, console) -> int:
         data["shape"] = (args.size, args.size)
     if args.defocus is not None:
         data["defocus_m"] = args.defocus
+    suffix = args.out.suffix.lower()
+    if suffix not in (".h5", ".hdf5", ".tif", ".tiff"):
+        raise ValueError(f"--out {args.out}: the suffix must be .h5/.hdf5 (HDF5) or .tif/.tiff (TIFF + YAML sidecar)")
+    targets = [args.out] + ([args.out.with_suffix(".yaml")] if suffix in (".tif", ".tiff") else [])
+    taken = [str(t) for t in targets if t.exists()]
+    if taken and not args.overwrite:
+        raise ValueError(f"{', '.join(taken)}: exists; choose another --out or add --overwrite")
+    _writable(args.out.parent if str(args.out.parent) else Path("."))
     series = simulate(SimulationConfig.model_validate(data))
     if args.out.suffix.lower() in (".tif", ".tiff"):
         write_series_tiff(args.out, series)
@@ -294,30 +348,40 @@ def cmd_reconstruct(args, console) -> int:
     from ltemlive.storage import read_series
 
     cfg = _recon_config(args)
-    series = read_series(args.series)
-    _run_reconstruction(series, cfg, args.out, console)
+    series = read_series(args.series)  # the input first (quick), then the output, then the work
+    _prepare_output(args.out, args.overwrite)
+    _run_reconstruction(series, cfg, args.out, console, overwrite=args.overwrite)
     return 0
 
 
 def cmd_tie(args, console) -> int:
     import numpy as np
-    import tifffile
 
     from ltemlive import pictures
     from ltemlive.induction import induction_map, save_induction_png
     from ltemlive.storage import read_series
+    from ltemlive.storage.tiff import write_tiff
     from ltemlive.tie import tie_reconstruct
 
+    outputs = ("phase.tif", "induction_bx_t.tif", "induction_by_t.tif", "phase.png", "induction.png")
     s = read_series(args.series)
+    _prepare_output(args.out, args.overwrite, outputs)  # before the work
+    if args.q_cut is not None and not (0 < args.q_cut <= 0.5):
+        raise ValueError(f"--q-cut {args.q_cut}: allowed 0 < q <= 0.5 cycles per pixel")
     q = None if args.q_cut is None else args.q_cut / s.pixel_size_m
     res = tie_reconstruct(s.images, s.defocus_m, s.pixel_size_m, s.microscope.voltage_v, tikhonov_q_cut=q)
     phase = res.phase.cpu().numpy()
-    args.out.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(args.out / "phase.tif", phase.astype(np.float32))
-    pictures.save_phase_png(args.out / "phase.png", phase, s.pixel_size_m, f"TIE phase ({res.method})")
-    bx, by = induction_map(phase, s.pixel_size_m)
-    save_induction_png(args.out / "induction.png", bx, by, s.pixel_size_m)
-    console.print(f"TIE ({res.method}) -> {args.out}")
+    px = s.pixel_size_m
+    desc = {"software": "ltemlive tie", "method": res.method, "source": str(args.series), "pixel_size_m": px}
+    write_tiff(args.out / "phase.tif", phase.astype(np.float32), px, description={**desc, "quantity": "phase (rad)"},
+               unit_label="rad", overwrite=True)
+    bx, by = induction_map(phase, px)
+    for name, arr in (("induction_bx_t.tif", bx), ("induction_by_t.tif", by)):
+        write_tiff(args.out / name, np.asarray(arr, dtype=np.float32), px,
+                   description={**desc, "quantity": f"{name[10:12]}*t (T*m)"}, unit_label="T*m", overwrite=True)
+    pictures.save_phase_png(args.out / "phase.png", phase, px, f"TIE phase ({res.method})")
+    save_induction_png(args.out / "induction.png", bx, by, px)
+    console.print(f"TIE ({res.method}) -> {args.out}: {', '.join(outputs)}")
     return 0
 
 
@@ -430,13 +494,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args, console)
-    except ValidationError as exc:
-        errors.print(f"[red]error:[/] invalid settings:\n{escape(str(exc))}")
     except KeyboardInterrupt:
         errors.print("[yellow]interrupted[/]")
         return 130
-    except (ValueError, OSError) as exc:
-        errors.print(f"[red]error:[/] {escape(str(exc))}")
+    except Exception as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(exc, ValidationError):
+            errors.print(f"[red]error:[/] invalid settings:\n{escape(str(exc))}")
+        elif isinstance(exc, ValueError | OSError):
+            errors.print(f"[red]error:[/] {escape(str(exc))}")
+        else:  # a bug, not bad input: one line, the traceback on request
+            errors.print(f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (--debug shows where)")
+            return 1
     return 2
 
 

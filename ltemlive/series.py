@@ -27,6 +27,46 @@ def _positive_real(value: Any) -> float | None:
     return v if math.isfinite(v) and v > 0 else None
 
 
+# Negative values in intensity data. Intensities cannot be negative, but camera data that has been dark-subtracted
+# or normalised legitimately holds small negative values from read noise (and the odd dead or hot pixel).
+# The rule: a pixel is "clearly negative" when it lies below -NEGATIVE_MARGIN x the image's mean intensity (a
+# read-noise excursion that deep would swamp the signal); an image is refused when its mean is not positive while
+# it has negative values, or when more than NEGATIVE_FRACTION of its pixels are clearly negative.
+NEGATIVE_MARGIN = 0.5
+NEGATIVE_FRACTION = 0.01
+
+
+def negative_intensity_problem(images: np.ndarray) -> str | None:
+    """Why the (N, H, W) stack `images` cannot be intensities (see NEGATIVE_MARGIN), or None when it can.
+
+    Used for data read from files (ltemlive.storage.read_series), where a phase map, a difference image or a badly
+    dark-subtracted stack given by mistake would otherwise be reconstructed as if it were intensities."""
+    stack = np.asarray(images, dtype=np.float64)
+    if stack.ndim == 2:
+        stack = stack[None]
+    n = stack.shape[0]
+    for i, img in enumerate(stack):
+        if not (img < 0).any():
+            continue
+        mean = float(img.mean())
+        lo = float(img.min())
+        where = f"image {i} of {n}" if n > 1 else "the image"
+        if mean <= 0:
+            return (
+                f"images: {where} has negative values and a mean intensity of {mean:.3g} (min {lo:.3g}); "
+                "intensities must be >= 0 with a positive mean (is this a phase map or a difference image?)"
+            )
+        frac = float((img < -NEGATIVE_MARGIN * mean).mean())
+        if frac > NEGATIVE_FRACTION:
+            return (
+                f"images: {where} has {100 * frac:.2g}% of its pixels below -{NEGATIVE_MARGIN} x its mean intensity "
+                f"(min {lo:.3g}, mean {mean:.3g}); intensities cannot be negative: at most "
+                f"{100 * NEGATIVE_FRACTION:g}% of pixels may lie below -{NEGATIVE_MARGIN} x the mean (read noise); "
+                "check the dark/background subtraction (or is this a phase map or a difference image?)"
+            )
+    return None
+
+
 @dataclass
 class GroundTruth:
     """What a simulated series really is; absent for recorded data."""

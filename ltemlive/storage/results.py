@@ -1,5 +1,6 @@
-"""Writing a reconstruction: the maps as TIFF, everything with provenance in HDF5, the refined parameters
-as YAML, and the pictures."""
+"""Writing a reconstruction: the maps as calibrated TIFF (pixel size in nm, see ltemlive.storage.tiff) and as
+HyperSpy .hspy files (axes in nm), everything with provenance in HDF5, the refined parameters as YAML, and the
+pictures."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from typing import Any
 
 import h5py
 import numpy as np
-import tifffile
 import yaml
 
 import ltemlive
 from ltemlive import pictures
 from ltemlive.induction import induction_map, save_induction_png
 from ltemlive.series import Series
+from ltemlive.storage.tiff import write_tiff
 
 
 def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -39,24 +40,114 @@ def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
-def write_reconstruction(out_dir: str | Path, series: Series, result, config, extra: dict | None = None) -> dict:
-    """Write phase.tif, amplitude.tif, induction_bx_t.tif / induction_by_t.tif, reconstruction.h5,
-    parameters.yaml and PNGs into out_dir; returns {name: path}."""
+#: HyperSpy's HDF5 ("hspy") format version written by write_hspy: 3.1 reads without a warning in HyperSpy >= 1.7
+#: and every RosettaSciIO release.
+HSPY_FORMAT_VERSION = "3.1"
+
+#: every file write_reconstruction writes, relative to its output folder
+RECONSTRUCTION_FILES = (
+    "phase.tif",
+    "amplitude.tif",
+    "induction_bx_t.tif",
+    "induction_by_t.tif",
+    "parameters.yaml",
+    "reconstruction.h5",
+    "phase.hspy",
+    "amplitude.hspy",
+    "phase.png",
+    "induction.png",
+    "loss.png",
+    "comparison.png",
+)
+
+
+def existing_outputs(out_dir: str | Path) -> list[Path]:
+    """The files of RECONSTRUCTION_FILES already in out_dir (write_reconstruction refuses to replace them unless
+    overwrite=True); call it before a long reconstruction to fail early."""
     out = Path(out_dir)
+    return [out / name for name in RECONSTRUCTION_FILES if (out / name).exists()]
+
+
+def _refuse_existing(paths: list[Path]) -> None:
+    if paths:
+        names = ", ".join(str(p) for p in paths)
+        raise FileExistsError(f"would overwrite existing output: {names} (pass overwrite=True to replace)")
+
+
+def _h5_attr(group, key: str, value) -> None:
+    group.attrs[key] = "_None_" if value is None else value
+
+
+def write_hspy(
+    path: str | Path,
+    array,
+    pixel_size_m: float,
+    *,
+    title: str,
+    quantity: str = "",
+    original_metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a 2-D map as a HyperSpy/RosettaSciIO ".hspy" file (HDF5, written with plain h5py): one experiment
+    whose axes y (axis-0) and x (axis-1) are calibrated in nm, so that `hyperspy.api.load(path)` or
+    `rsciio.hspy.file_reader(path)` gives scale = pixel size in nm and units "nm". quantity (e.g. "Phase (rad)")
+    goes to metadata.Signal.quantity; original_metadata (str values, e.g. JSON) to original_metadata."""
+    path = Path(path)
+    arr = np.asarray(array, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: write_hspy writes 2-D maps, got shape {arr.shape}")
+    px_nm = float(pixel_size_m) * 1e9
+    if not (np.isfinite(px_nm) and px_nm > 0):
+        raise ValueError(f"{path}: pixel_size_m must be finite and > 0, got {pixel_size_m!r}")
+    try:
+        f = h5py.File(path, "w" if overwrite else "w-")
+    except OSError:
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists already (pass overwrite=True to replace it)") from None
+        raise
+    with f:
+        f.attrs["file_format"] = "HyperSpy"
+        f.attrs["file_format_version"] = HSPY_FORMAT_VERSION
+        exp = f.create_group("Experiments").create_group(title or "__unnamed__")
+        exp.attrs["package"] = ""  # the plain hyperspy Signal2D
+        exp.attrs["package_version"] = ""
+        exp.create_dataset("data", data=arr, chunks=arr.shape, compression="gzip", shuffle=True)
+        for i, (name, size) in enumerate(zip(("y", "x"), arr.shape, strict=True)):
+            ax = exp.create_group(f"axis-{i}")
+            ax.attrs["name"] = name
+            ax.attrs["units"] = "nm"
+            ax.attrs["scale"] = px_nm
+            ax.attrs["offset"] = 0.0
+            ax.attrs["size"] = int(size)
+            ax.attrs["navigate"] = np.bool_(False)
+            ax.attrs["is_binned"] = np.bool_(False)
+        md = exp.create_group("metadata")
+        general = md.create_group("General")
+        general.attrs["title"] = title or "__unnamed__"
+        sig = md.create_group("Signal")
+        sig.attrs["signal_type"] = ""
+        _h5_attr(sig, "quantity", quantity or None)
+        md.create_group("_HyperSpy").create_group("Folding").attrs["unfolded"] = np.bool_(False)
+        om = exp.create_group("original_metadata")
+        for key, value in (original_metadata or {}).items():
+            om.attrs[key] = value
+    return path
+
+
+def write_reconstruction(
+    out_dir: str | Path, series: Series, result, config, extra: dict | None = None, *, overwrite: bool = False
+) -> dict:
+    """Write phase.tif, amplitude.tif, induction_bx_t.tif / induction_by_t.tif (calibrated ImageJ TIFFs, see
+    write_tiff), reconstruction.h5, phase.hspy / amplitude.hspy (HyperSpy files with axes in nm), parameters.yaml
+    and PNGs into out_dir; returns {name: path}. Refuses (FileExistsError, before writing anything) when any of
+    these files exists already, unless overwrite=True."""
+    out = Path(out_dir)
+    if not overwrite:
+        _refuse_existing(existing_outputs(out))
     out.mkdir(parents=True, exist_ok=True)
     px = series.pixel_size_m
     bx, by = induction_map(result.phase, px)
     files: dict[str, Path] = {}
-
-    def tif(name: str, arr: np.ndarray, unit: str):
-        p = out / name
-        tifffile.imwrite(p, arr.astype(np.float32), metadata={"unit": unit, "pixel_size_m": px})
-        files[name] = p
-
-    tif("phase.tif", result.phase, "rad")
-    tif("amplitude.tif", result.amplitude, "1")
-    tif("induction_bx_t.tif", bx, "T m")
-    tif("induction_by_t.tif", by, "T m")
 
     params = result.parameters()
     params.update(
@@ -68,6 +159,16 @@ def write_reconstruction(out_dir: str | Path, series: Series, result, config, ex
         }
     )
     prov = provenance(extra)
+
+    def tif(name: str, arr: np.ndarray, unit: str, quantity: str):
+        desc = {"quantity": quantity, "version": ltemlive.__version__, "created_utc": prov["created_utc"]}
+        files[name] = write_tiff(out / name, arr, px, description=desc, unit_label=unit, overwrite=overwrite)
+
+    tif("phase.tif", result.phase, "rad", "phase")
+    tif("amplitude.tif", result.amplitude, "1", "amplitude")
+    tif("induction_bx_t.tif", bx, "T m", "induction B_x t")
+    tif("induction_by_t.tif", by, "T m", "induction B_y t")
+
     (out / "parameters.yaml").write_text(
         "# Refined microscope parameters (SI units) with one-sigma uncertainties.\n"
         + yaml.safe_dump(params, sort_keys=False)
@@ -75,7 +176,7 @@ def write_reconstruction(out_dir: str | Path, series: Series, result, config, ex
     files["parameters.yaml"] = out / "parameters.yaml"
 
     h5 = out / "reconstruction.h5"
-    with h5py.File(h5, "w") as f:
+    with h5py.File(h5, "w" if overwrite else "w-") as f:
         f.attrs["format"] = "ltemlive-reconstruction"
         f.attrs["format_version"] = 1
         f.attrs["provenance"] = json.dumps(prov)
@@ -104,6 +205,12 @@ def write_reconstruction(out_dir: str | Path, series: Series, result, config, ex
         src = f.create_group("series")
         src.create_dataset("images", data=series.images, compression="gzip", shuffle=True)
     files["reconstruction.h5"] = h5
+
+    om = {"provenance": json.dumps(prov), "parameters": json.dumps(params)}
+    for name, arr, quantity in (("phase", result.phase, "Phase (rad)"), ("amplitude", result.amplitude, "Amplitude")):
+        files[f"{name}.hspy"] = write_hspy(
+            out / f"{name}.hspy", arr, px, title=name, quantity=quantity, original_metadata=om, overwrite=overwrite
+        )
 
     files["phase.png"] = pictures.save_phase_png(out / "phase.png", result.phase, px, "AD phase (rad)")
     files["induction.png"] = save_induction_png(out / "induction.png", bx, by, px, title="B_perp t (colour wheel)")
