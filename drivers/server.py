@@ -237,7 +237,9 @@ class InstrumentServer:
                 **backend.extra_info,
             }
         except BaseException as exc:
-            logger.exception("backend failed to start")
+            # One line for the operator (the caller prints FAILED with it); the traceback only at DEBUG.
+            logger.error("backend failed to start: {}: {}", type(exc).__name__, exc)
+            logger.opt(exception=exc).debug("backend start-up traceback")
             self._init_error = exc
             self._ready.set()
             return
@@ -457,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
 
     logger.remove()
-    logger.add(sys.stderr, level=ns.log_level.upper(), format="{time:HH:mm:ss.SSS} {level: <7} {message}")
+    # diagnose=False: a traceback in a log must not dump variable values (configs, buffers)
+    log_format = "{time:HH:mm:ss.SSS} {level: <7} {message}"
+    logger.add(sys.stderr, level=ns.log_level.upper(), format=log_format, diagnose=False)
     from drivers.factory import build_backend, check_config
 
     source = ns.config or "--config-json"

@@ -292,7 +292,7 @@ def cmd_demo(args, console) -> int:
     from simulator.series import SimulationConfig
 
     if args.sim_config:
-        sim_cfg = SimulationConfig.from_yaml(args.sim_config)
+        sim_cfg = _simulation_config(args.sim_config)
     else:
         sim_cfg = SimulationConfig(shape=(args.size, args.size), dose_e_per_px=args.dose, drift_px_per_frame=1.0)
     cfg = _recon_config(args)
@@ -312,6 +312,27 @@ def cmd_demo(args, console) -> int:
     return 0
 
 
+def _simulation_config(path: Path):
+    """A simulation YAML, with errors that name the file and the field."""
+    import yaml
+
+    from ltemlive.session.config import ConfigError, format_errors
+    from simulator.series import SimulationConfig
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of simulation settings")
+    try:
+        return SimulationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, str(path), SimulationConfig)) from None
+
+
 def cmd_simulate(args, console) -> int:
     from ltemlive.sim_bridge import simulate
     from ltemlive.storage import write_series_h5, write_series_tiff
@@ -319,7 +340,7 @@ def cmd_simulate(args, console) -> int:
 
     data = {}
     if args.config:
-        data = SimulationConfig.from_yaml(args.config).model_dump()
+        data = _simulation_config(args.config).model_dump()
     for key, val in (("specimen", args.specimen), ("dose_e_per_px", args.dose), ("seed", args.seed)):
         if val is not None:
             data[key] = val
@@ -335,7 +356,13 @@ def cmd_simulate(args, console) -> int:
     if taken and not args.overwrite:
         raise ValueError(f"{', '.join(taken)}: exists; choose another --out or add --overwrite")
     _writable(args.out.parent if str(args.out.parent) else Path("."))
-    series = simulate(SimulationConfig.model_validate(data))
+    try:
+        sim_cfg = SimulationConfig.model_validate(data)
+    except ValidationError as exc:
+        from ltemlive.session.config import ConfigError, format_errors
+
+        raise ConfigError(format_errors(exc, "command line", SimulationConfig)) from None
+    series = simulate(sim_cfg)
     if args.out.suffix.lower() in (".tif", ".tiff"):
         write_series_tiff(args.out, series)
     else:
@@ -478,6 +505,12 @@ def main(argv: list[str] | None = None) -> int:
         return server_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    from loguru import logger
+
+    # The library's own log lines are for the services' log files; at the console only warnings (all with --debug).
+    logger.remove()
+    logger.add(sys.stderr, level="DEBUG" if args.debug else "WARNING", diagnose=False,
+               format="{time:HH:mm:ss} {level: <7} {message}")
     console = Console(stderr=False)
     errors = Console(stderr=True, soft_wrap=True)  # errors on stderr, unwrapped (paths stay whole)
     if args.command is None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ltemlive.reconstruct import ReconstructionConfig, reconstruct
@@ -128,3 +129,18 @@ def test_docs_and_makefile_name_only_what_exists():
                 missing.append(f"{path.relative_to(ROOT)} names `ltemlive {cmd}`")
     assert "run" in commands
     assert missing == []
+
+
+def test_received_frames_are_read_only_views_as_documented():
+    from ltemlive import wire
+
+    h, buf = wire.encode_array(np.arange(16, dtype=np.float32).reshape(4, 4))
+    a = wire.decode_array(h, bytearray(buf))  # a writable buffer, as zmq hands out
+    assert not a.flags.writeable
+
+
+def test_simulation_config_errors_name_the_file_and_field(tmp_path):
+    bad = tmp_path / "sim.yaml"
+    bad.write_text("specimen: vortex_disc\nshape: [64, 64]\ndose_e_per_pix: 10\n")
+    one_line_error(cli("simulate", "--config", bad, "--out", tmp_path / "s.h5", cwd=tmp_path),
+                   "sim.yaml", "dose_e_per_pix", "did you mean 'dose_e_per_px'")

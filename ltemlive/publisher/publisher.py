@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
 
     logger.remove()
-    logger.add(sys.stderr, level=ns.log_level.upper())
+    logger.add(sys.stderr, level=ns.log_level.upper(), diagnose=False)
     try:
         data: dict[str, Any] = {}
         if ns.config:

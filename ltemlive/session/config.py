@@ -203,7 +203,12 @@ def format_errors(exc: ValidationError, source: str, model: type[BaseModel], pre
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             allowed = _allowed_fields(model, tuple(err["loc"]))
-            msg = "unknown field" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+            msg = "unknown field"
+            if allowed:
+                import difflib
+
+                close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+                msg += (f" (did you mean {close[0]!r}?)" if close else "") + f"; allowed: {', '.join(allowed)}"
         elif "input" in err and err["type"] not in ("missing",):
             shown = repr(err["input"])
             msg = f"{msg} (got {shown[:80]})"

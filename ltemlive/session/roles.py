@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     ns = p.parse_args(argv)
     logger.remove()
-    logger.add(sys.stderr, level=ns.log_level.upper(), format="{time:HH:mm:ss.SSS} {level: <7} {message}")
+    # diagnose=False: a traceback in a log must not dump variable values (configs, buffers)
+    log_format = "{time:HH:mm:ss.SSS} {level: <7} {message}"
+    logger.add(sys.stderr, level=ns.log_level.upper(), format=log_format, diagnose=False)
     try:
         if ns.config_json:
             cfg = RunConfig.model_validate(json.loads(ns.config_json))
