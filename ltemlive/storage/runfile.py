@@ -239,7 +239,7 @@ def _image(name: str, data: Any, shape: tuple[int, int], *, finite: bool) -> np.
         raise ValueError(f"{name} must be real numbers castable to float32, got dtype {arr.dtype}")
     if arr.shape != shape:
         raise ValueError(f"{name} has shape {arr.shape}, the run's frame shape is {shape}")
-    arr = arr.astype(np.float32)
+    arr = arr.astype(np.float32, copy=False)  # no copy when it is float32 already: h5py copies on write
     if finite and not np.isfinite(arr).all():
         raise ValueError(f"{name} has {int((~np.isfinite(arr)).sum())} non-finite pixel(s) (as float32)")
     return arr
