@@ -163,14 +163,14 @@ def test_sigint_stops_every_process_cleanly(tmp_path):
         assert f.attrs["format"] == "ltemlive-run"
 
 
-def _closed_loop(tmp_path, scale_error, offset_m):
+def _closed_loop(tmp_path, scale_error, offset_m, max_iter=200):
     data = small(
         tmp_path,
         instrument={"simulated": {"simulation": {"shape": [256, 256], "specimen": "resolution_pattern",
                                                  "defocus_scale_error": scale_error,
                                                  "defocus_offset_m": offset_m, "dose_e_per_px": 200.0}}},
         plan={"repeats": 3, "exposure_s": 0.5, "dose_e_per_px": 100.0, "wait_for_feedback_s": 300},
-        reconstruction={"max_iter": 200},
+        reconstruction={"max_iter": max_iter},
     )
     s = Session(data, tmp_path, publisher=False)
     try:
@@ -179,7 +179,7 @@ def _closed_loop(tmp_path, scale_error, offset_m):
         s.close()
     run = read_run(s.run_file)
     rel = (run["true"] - run["planned"]) / run["planned"] * 100
-    lines = [f"closed loop, scale error {scale_error:+.0%}, offset {offset_m * 1e6:+.1f} um:"]
+    lines = [f"closed loop, scale error {scale_error:+.0%}, offset {offset_m * 1e6:+.1f} um, {max_iter} iterations:"]
     for k in range(3):
         sel = run["series_index"] == k
         lines.append(
@@ -192,9 +192,13 @@ def _closed_loop(tmp_path, scale_error, offset_m):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("scale_error", "offset_m"), [(0.10, 0.0), (0.10, 5e-6)])
-def test_feedback_brings_true_defocus_to_the_plan(tmp_path, scale_error, offset_m):
-    run, rel = _closed_loop(tmp_path, scale_error, offset_m)
+@pytest.mark.timeout(900)
+# With the offset the scale must be right to ~0.1 %: at 200 iterations the reconstructed scale is ~0.7 % low and
+# the +1.6 mm image ends at +0.98 %; at 400 iterations at +0.80 % (measured; the offset itself is not observable
+# by the scale-only reconstruction model, see the note in docs/adr/0004-live-service.md).
+@pytest.mark.parametrize(("scale_error", "offset_m", "max_iter"), [(0.10, 0.0, 200), (0.10, 5e-6, 400)])
+def test_feedback_brings_true_defocus_to_the_plan(tmp_path, scale_error, offset_m, max_iter):
+    run, rel = _closed_loop(tmp_path, scale_error, offset_m, max_iter)
     third = run["series_index"] == 2
     large = third & (np.abs(run["planned"]) > 1e-3)
     assert np.all(np.abs(rel[large]) < 1.0), rel[large]
