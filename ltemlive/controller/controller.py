@@ -34,17 +34,30 @@ from loguru import logger
 from drivers.errors import InstrumentError
 from drivers.interface import Camera, Capability, Frame, Microscope
 from ltemlive import __version__
-from ltemlive.controller.feedback import DefocusCalibration, DefocusEstimate, DefocusFeedback, FeedbackDecision
+from ltemlive.controller.feedback import DefocusCalibration, DefocusEstimate, DefocusFeedback
 from ltemlive.controller.plan import Plan, SeriesPlan
 from ltemlive.controller.state import RunStateFile
 from ltemlive.storage.runfile import RunWriter, new_run_path
 from ltemlive.stream.server import FrameStreamServer
 from ltemlive.wire import frames as fm
 
-__all__ = ["Controller", "RunState"]
+__all__ = ["Controller", "RunState", "result_problem"]
 
 #: consecutive series that fail on an instrument error before the run gives up (state "error")
 MAX_FAILED_SERIES = 3
+
+
+def result_problem(parameters: dict, arrays: list[np.ndarray]) -> str:
+    """Why an "ok" result cannot be stored or fed back ("" when it can)."""
+    if len(arrays) != 2:
+        return f"expected phase and amplitude, got {len(arrays)} array(s)"
+    if not all(np.isfinite(a).all() for a in arrays):
+        return "non-finite values in the phase or amplitude"
+    for key in ("defocus_m", "defocus_sigma_m", "defocus_nominal_m"):
+        v = parameters.get(key)
+        if not isinstance(v, list) or not v:
+            return f"parameters.{key} missing"
+    return ""
 
 
 class RunState(str, Enum):
@@ -102,7 +115,6 @@ class Controller:
         self._stop = False  # abort and skip the drain (Ctrl-C)
         self._results: dict[int, str] = {}  # series -> result status, once fully handled
         self._claimed: set[int] = set()  # series whose result is being or has been handled (first one wins)
-        self._decisions: dict[int, FeedbackDecision] = {}
         self.series_index = -1
         self.frame_index = -1
         self.frames_written = 0
@@ -200,13 +212,14 @@ class Controller:
                 logger.warning("result for series {}, which this run has not acquired: dropped", series)
                 return True
             if status == "ok":
-                problem = self._check_result(parameters, arrays)
+                problem = result_problem(parameters, arrays)
                 if problem:
                     self.stats["bad_results"] += 1
                     status, reason = "error", f"result refused: {problem}"
             self._claimed.add(series)
         if status == "ok":
-            frame_ids = self.writer_frames(series)
+            with self._lock:
+                frame_ids = list(self._frames_of.get(series, []))
             self.writer.write_reconstruction(
                 series,
                 arrays[0],
@@ -223,37 +236,14 @@ class Controller:
         self.stream.series_done(series)
         return True
 
-    def writer_frames(self, series: int) -> list[int]:
-        assert self.writer is not None
-        return [fid for fid, s in self._frame_series.items() if s == series]
-
-    @staticmethod
-    def _check_result(parameters: dict, arrays: list[np.ndarray]) -> str:
-        if len(arrays) != 2:
-            return f"expected phase and amplitude, got {len(arrays)} array(s)"
-        if not all(np.isfinite(a).all() for a in arrays):
-            return "non-finite values in the phase or amplitude"
-        for key in ("defocus_m", "defocus_sigma_m", "defocus_nominal_m"):
-            v = parameters.get(key)
-            if not isinstance(v, list) or not v:
-                return f"parameters.{key} missing"
-        return ""
-
     def _feedback(self, series: int, parameters: dict) -> None:
         try:
-            est = DefocusEstimate(
-                series_index=series,
-                commanded_m=parameters["defocus_nominal_m"],
-                estimated_true_m=parameters["defocus_m"],
-                sigma_m=parameters["defocus_sigma_m"],
-            )
+            est = DefocusEstimate.from_parameters(series, parameters)
         except Exception as exc:  # not a usable estimate: logged, the calibration stays
             self._log("feedback", f"series {series}: estimate unusable: {str(exc)[:300]}", series=series)
             return
         with self._lock:
             decision = self.feedback.update(est)
-            self._decisions[series] = decision
-            self._wake.notify_all()
         record = decision.model_dump(mode="json")
         assert self.writer is not None
         self.writer.append_calibration(
@@ -297,7 +287,7 @@ class Controller:
             raise InstrumentError("the microscope reports no pixel size; a reconstruction needs one")
         self.pixel_size_m = float(px)
         self.frame_shape = shape
-        self._frame_series: dict[int, int] = {}
+        self._frames_of: dict[int, list[int]] = {}  # series -> frame ids (read by the control thread: lock)
         self.writer = RunWriter(
             self.run_path,
             run_id=self.run_id,
@@ -500,7 +490,7 @@ class Controller:
         )
         dt = time.perf_counter() - t0
         with self._lock:
-            self._frame_series[fid] = sp.index
+            self._frames_of.setdefault(sp.index, []).append(fid)
             self.frame_index = i
             self.frames_written += 1
             self.frame_times_s.append(dt)

@@ -213,6 +213,17 @@ class DefocusEstimate(BaseModel):
             raise ValueError("sigma_m must be > 0")
         return v
 
+    @classmethod
+    def from_parameters(cls, series_index: int, parameters: dict[str, Any]) -> DefocusEstimate:
+        """From a reconstruction's refined parameters (ReconstructionResult.parameters(): defocus_nominal_m is
+        what the instrument was told, defocus_m its estimate of the truth). Raises ValueError/KeyError."""
+        return cls(
+            series_index=series_index,
+            commanded_m=parameters["defocus_nominal_m"],
+            estimated_true_m=parameters["defocus_m"],
+            sigma_m=parameters["defocus_sigma_m"],
+        )
+
     @model_validator(mode="after")
     def _same_lengths(self) -> DefocusEstimate:
         n = {len(self.commanded_m), len(self.estimated_true_m), len(self.sigma_m)}

@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,7 +84,6 @@ class ReconstructorService:
         self.stats: Counter[str] = Counter()
         self._warm: ReconstructionResult | None = None
         self._warm_key: tuple | None = None
-        self.results_sent: list[int] = []
         import torch
 
         if config.threads:
@@ -287,7 +286,6 @@ class ReconstructorService:
             parameters=wire.json_safe(parameters or {}), provenance=wire.json_safe(provenance or {}),
         )
         self._outbox.put(("result", msg, list(arrays)))
-        self.results_sent.append(series)
 
     def _event(self, topic: str, payload: dict, arrays=()) -> None:
         self._outbox.put(("event", topic, payload, list(arrays)))
@@ -307,7 +305,6 @@ class ReconstructorService:
         if self.events_endpoint:
             sink = EventSink(self.events_endpoint, source=self.cfg.worker, session=self.session, context=self._ctx)
         unacked: dict[int, tuple[cm.Result, list[np.ndarray], float]] = {}
-        recent_acks: deque[int] = deque(maxlen=64)
         was_alive = True
         seq = 0
         self._io_ready.set()
@@ -349,7 +346,7 @@ class ReconstructorService:
                         continue
                     if isinstance(reply, cm.Ack) and reply.series is not None:
                         unacked.pop(reply.series, None)
-                        recent_acks.append(reply.series)
+                        client.forget_series(reply.series)  # done on both sides: its dedup keys can go
                         if reply.duplicate:
                             self.stats["acked_duplicate"] += 1
                 alive = client.alive

@@ -19,6 +19,7 @@ import numpy as np
 import zmq
 
 from ltemlive.controller.control import ControlServer
+from ltemlive.controller.controller import result_problem
 from ltemlive.controller.feedback import DefocusEstimate, DefocusFeedback
 from ltemlive.session.config import RunConfig, reconstruction_config
 from ltemlive.storage.runfile import RunFileError, RunReader, RunWriter, new_run_path
@@ -47,17 +48,17 @@ class _ReplayController:
                 return False
             if series not in self.frame_ids:
                 return True
+            if status == "ok" and (problem := result_problem(parameters, arrays)):
+                status, reason = "error", f"result refused: {problem}"
             self.results[series] = status
-        if status == "ok" and len(arrays) == 2 and all(np.isfinite(a).all() for a in arrays):
+        if status == "ok":
             self.writer.write_reconstruction(
                 series, arrays[0], arrays[1],
                 {**provenance, "series_index": series, "frame_ids": self.frame_ids[series], "parameters": parameters,
                  "replay": True},
             )
             try:
-                est = DefocusEstimate(series_index=series, commanded_m=parameters["defocus_nominal_m"],
-                                      estimated_true_m=parameters["defocus_m"], sigma_m=parameters["defocus_sigma_m"])
-                d = self.feedback.update(est)
+                d = self.feedback.update(DefocusEstimate.from_parameters(series, parameters))
                 self.writer.append_calibration(series, d.after.scale, d.after.offset_m, d.accepted,
                                                {**d.model_dump(mode="json"), "advisory_only": True})
             except (KeyError, ValueError) as exc:
@@ -127,7 +128,7 @@ def replay(runfile: Path, cfg: RunConfig, console, *, out_dir: Path | None = Non
                 stream.begin_series(fm.Start(
                     series=k, run_id=path.stem, n_planned=len(ids),
                     defocus_planned_m=[r["defocus_planned_m"] for r in recs], frame_shape=shape, pixel_size_m=px,
-                    optics=optics, dose_e_per_px=plan.get("dose_e_per_px") or _dose(cfg),
+                    optics=optics, dose_e_per_px=plan.get("dose_e_per_px") or cfg.plan.dose_e_per_px,
                 ))
                 rc.frame_ids[k] = []
                 for j, (i, r) in enumerate(zip(ids, recs, strict=True)):
@@ -174,10 +175,6 @@ def replay(runfile: Path, cfg: RunConfig, console, *, out_dir: Path | None = Non
     except Exception as exc:
         console.print(f"[yellow]summary not written: {exc}[/]")
     return 0 if done == len([s for s in series if s["status"] == "complete"]) else 1
-
-
-def _dose(cfg: RunConfig) -> float | None:
-    return cfg.plan.dose_e_per_px
 
 
 def _optics_of(src: RunReader, cfg: RunConfig) -> fm.OpticsInfo:
