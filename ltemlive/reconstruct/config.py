@@ -33,6 +33,13 @@ class ReconstructionConfig(BaseModel):
     loss: Literal["auto", "poisson", "sqrt_gaussian"] = Field(
         "auto", description="auto: Poisson NLL when the dose is known, else a square-root-domain Gaussian"
     )
+    ramp: Literal["phase", "drift"] = Field(
+        "phase",
+        description="what a shift of the images in proportion to their defocus is (the data cannot tell): phase "
+        "(default): a linear phase ramp, i.e. a uniform in-plane induction deflecting the beam, kept in the phase and "
+        "reported as phase_ramp_rad_per_m; drift: specimen drift, so the phase's plane over the field of view is "
+        "removed and the equivalent shifts are added to the reported shifts",
+    )
     regularization: Literal["tv2", "tv", "none"] = "tv2"
     reg_weight: float | Literal["auto"] = Field(
         "auto", description="weight of the regulariser; auto scales it with the estimated noise variance"
@@ -43,10 +50,10 @@ class ReconstructionConfig(BaseModel):
         description="extend: the phase beyond the field of view is fitted too (default, for real images); "
         "mirror/zero: fixed padding; periodic: none (only for periodic synthetic data)",
     )
-    max_iter: int = Field(400, ge=1, le=100_000, description="cap on phase iterations (L-BFGS steps)")
-    rtol: float = Field(2e-5, ge=0, lt=1, description="stop when the loss falls by less than this per step")
-    discrepancy: float = Field(
-        0.0, ge=0, le=10, description="stop when the data misfit reaches this multiple of the noise level (0: off)"
+    max_iter: int = Field(
+        400, ge=1, le=100_000,
+        description="cap on phase iterations (L-BFGS steps); runs normally stop before it, when the phase and the "
+        "parameters change by less than a tenth of their uncertainty per block",
     )
     preconditioner_q0: float = Field(
         0.02,
@@ -56,10 +63,18 @@ class ReconstructionConfig(BaseModel):
         "on benign data but also amplifies the low-frequency errors of the TIE start into local minima "
         "(0.005 is more robust on strongly non-linear series, slower on smooth ones)",
     )
-    defocus_scan: bool = Field(True, description="set the common defocus scale by data-only fits")
-    defocus_scan_range: float = Field(0.15, gt=0, le=0.5, description="relative half-range of that scan")
+    defocus_scan_range: float = Field(
+        0.15, gt=0, le=0.5, description="relative half-range of the first data-only fit of the common defocus scale"
+    )
+    defocus_prior: float = Field(
+        0.1, gt=0, le=1.0,
+        description="one-sigma relative uncertainty of the nominal defocus calibration (a Gaussian prior on the "
+        "common scale; 0.1 = the lens calibration is good to 10 %)",
+    )
+    theta_c_prior: float = Field(
+        1.0, gt=0, le=10.0, description="one-sigma uncertainty of ln(theta_c) about the nominal value (1.0: a factor e)"
+    )
     block_iter: int = Field(15, ge=1, le=1000, description="phase steps between optics updates")
     optics_iter: int = Field(6, ge=1, le=1000, description="optics steps per update")
     device: str = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
-    seed: int = 0

@@ -3,8 +3,8 @@
 Every unknown is stored in a unit that makes one step of size ~1 meaningful, because L-BFGS sees all of
 them through one gradient:
 
-- phase = phase0 + P c, with P a Fourier preconditioner 1 + (q0/q)^2 that boosts low frequencies (they
-  otherwise converge slowly); c in rad.
+- phase = phase0 + P c + a plane (ramp, rad/px), with P a Fourier preconditioner 1 + (q0/q)^2 that boosts
+  low frequencies (they otherwise converge slowly); c in rad.
 - amplitude = amplitude0 exp(a).
 - defocus: df_n = base_n (1 + rel_n). `scale` (default): rel = 0, the common scale is set by the
   solver's data-only fit (which moves base). `per_image`: rel_n = 1e-3 r_n minus its mean, refined by
@@ -13,10 +13,10 @@ them through one gradient:
 - theta_c = theta_c0 exp(t).
 - astigmatism (a_c, a_s) = 1e-7 m (u, v).
 - shifts (dy, dx) in pixels; the reference image is pinned. A linear phase ramp shifts each image by
-  lambda df grad(phi) / 2 pi, which a drift that grows with defocus imitates exactly; acquisitions sweep
-  defocus in order, so drift does grow with defocus. While shifts are refined the ramp is therefore
-  attributed to drift: the best-fit plane over the field of view is removed from the phase
-  (`remove_ramp`). With shifts frozen (pre-aligned series) the phase keeps its ramp.
+  lambda df grad(phi) / (2 pi) (a uniform in-plane induction deflects the beam), which a drift growing
+  linearly with defocus imitates exactly. Convention (docs/conventions.md): drift has no component
+  linear in defocus: `shifts()` projects it out (through the reference image), so whatever moves the
+  images in proportion to their defocus is the phase's ramp, which the result reports separately.
 - scale_n = exp(k_n), the per-image intensity scale.
 """
 
@@ -30,6 +30,7 @@ ASTIG_UNIT_M = 1e-7
 DEFOCUS_REL_UNIT = 1e-3
 DEFOCUS_MIN_UNIT_M = 1e-6
 THETA_LOG_BOUND = 2.0
+RAMP_UNIT = 1e-3  # rad per pixel
 
 
 class SeriesModel(torch.nn.Module):
@@ -47,7 +48,7 @@ class SeriesModel(torch.nn.Module):
         preconditioner_q0: float = 0.02,
         reference: int = 0,
         defocus_mode: str = "scale",
-        remove_ramp: bool = False,
+        defocus_nominal_m=None,
     ):
         super().__init__()
         im = image_model
@@ -72,25 +73,26 @@ class SeriesModel(torch.nn.Module):
         self.register_buffer("phase0", phase0.to(dev, dt))
         self.register_buffer("amplitude0", amplitude0.to(dev, dt))
         self.register_buffer("precond", _preconditioner(grid_shape, preconditioner_q0, dev, dt))
+        self.register_buffer("precond_half", self.precond[:, : grid_shape[1] // 2 + 1].contiguous())
 
-        self.remove_ramp = remove_ramp
-        if remove_ramp:
-            # Orthonormal basis of {1, y, x} over the field of view, laid on the whole grid.
-            h, w = grid_shape
-            yy, xx = torch.meshgrid(
-                torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
-            )
-            fov = torch.zeros(grid_shape, dtype=torch.float64)
-            fov[im.top : im.top + im.shape[0], im.left : im.left + im.shape[1]] = 1.0
-            basis = torch.stack([torch.ones_like(yy), yy, xx]).reshape(3, -1)
-            q, _ = torch.linalg.qr((basis * fov.reshape(1, -1)).T)
-            self.register_buffer("ramp_q", q.T.to(dev, dt))  # (3, HW): orthonormal on the FOV
-            self.register_buffer("ramp_basis", basis.to(dev, dt))
-            coef = torch.linalg.lstsq((basis * fov.reshape(1, -1)).T, q)[0]  # basis -> q map
-            self.register_buffer("ramp_coef", coef.to(dev, dt))
+        # Shift projection: s -> s - s_ref - b (df - df_ref), b the least-squares slope over the images.
+        x = torch.as_tensor(defocus_base_m if defocus_nominal_m is None else defocus_nominal_m, dtype=torch.float64)
+        x = x - x[reference]
+        one_ref = torch.zeros(n, dtype=torch.float64)
+        one_ref[reference] = 1.0
+        proj = torch.eye(n, dtype=torch.float64) - one_ref[None, :]  # s - s_ref
+        if float(x.square().sum()) > 0:
+            proj = proj - torch.outer(x, x) @ proj / x.square().sum()
+        self.register_buffer("shift_proj", proj.to(dev, dt))
 
         z = dict(device=dev, dtype=dt)
         self.c = torch.nn.Parameter(torch.zeros(grid_shape, **z))
+        # The phase's linear ramp, explicit (rad/px in RAMP_UNIT): a plane over the padded grid is not a Fourier mode,
+        # so through c alone L-BFGS moves it slowly.
+        self.ramp = torch.nn.Parameter(torch.zeros(2, **z))
+        hh, ww = grid_shape
+        self.register_buffer("plane_y", (torch.arange(hh, **z) - (hh - 1) / 2)[:, None].contiguous())
+        self.register_buffer("plane_x", (torch.arange(ww, **z) - (ww - 1) / 2)[None, :].contiguous())
         self.a = torch.nn.Parameter(torch.zeros(grid_shape, **z))
         self.r = torch.nn.Parameter(torch.zeros(n, **z))
         self.t = torch.nn.Parameter(torch.zeros((), **z))
@@ -101,15 +103,21 @@ class SeriesModel(torch.nn.Module):
 
     # -- derived physical quantities ------------------------------------------------------------------
     def phase(self) -> torch.Tensor:
-        corr = torch.fft.ifft2(torch.fft.fft2(self.c) * self.precond).real
-        phase = self.phase0 + corr
-        if self.remove_ramp:
-            # Plane fitted on the FOV (coefficients in the orthonormal basis), subtracted everywhere.
-            flat = phase.reshape(-1)
-            proj = self.ramp_q @ flat  # (3,)
-            plane = (self.ramp_coef @ proj) @ self.ramp_basis
-            phase = (flat - plane).reshape(phase.shape)
-        return phase
+        # Real transforms: c and the preconditioner are real and even, half the work of complex ones.
+        corr = torch.fft.irfft2(torch.fft.rfft2(self.c) * self.precond_half, s=self.c.shape)
+        r = self.ramp * RAMP_UNIT
+        return self.phase0 + corr + (r[0] * self.plane_y + r[1] * self.plane_x)
+
+    @torch.no_grad()
+    def ramp_rad_per_px(self) -> tuple[float, float]:
+        """The least-squares plane of the phase over the field of view: (d phi/dy, d phi/dx) per pixel."""
+        p = self.phase_fov().double().cpu()
+        h, w = p.shape
+        ar = dict(dtype=torch.float64)
+        yy, xx = torch.meshgrid(torch.arange(h, **ar), torch.arange(w, **ar), indexing="ij")
+        a = torch.stack([torch.ones_like(yy).reshape(-1), yy.reshape(-1), xx.reshape(-1)], dim=1)
+        coef = torch.linalg.lstsq(a, p.reshape(-1, 1)).solution.reshape(-1)
+        return float(coef[1]), float(coef[2])
 
     def phase_fov(self) -> torch.Tensor:
         """The phase on the field of view (the camera frame)."""
@@ -144,7 +152,7 @@ class SeriesModel(torch.nn.Module):
         return self.astig_uv * ASTIG_UNIT_M
 
     def shifts(self) -> torch.Tensor:
-        return self.s - self.s[self.reference]
+        return self.shift_proj @ self.s
 
     def scales(self) -> torch.Tensor:
         return torch.exp(self.k)
@@ -187,6 +195,7 @@ class SeriesModel(torch.nn.Module):
             phase = self.im.pad(phase)
         self.phase0.copy_(phase)
         self.c.zero_()
+        self.ramp.zero_()
 
 
 def _preconditioner(shape, q0: float, device, dtype) -> torch.Tensor:

@@ -1,15 +1,24 @@
-"""The AD reconstructor: fit the microscope to a through-focus series.
+"""The AD reconstructor: fit the microscope to a through-focus series. The outer loop lives here; each job
+has its own module:
 
-Stages (each measured to help on simulated series; see docs/reconstruction.md):
-1. prepare: normalise, remove hot pixels, starting amplitude and TIE phase for each candidate
-   registration, the candidate whose start explains the data best kept;
-2. warm-up: a few phase-only L-BFGS steps at the nominal optics (transfer function cached);
-3. defocus scan: one global defocus scale, scanned and fitted with a parabola (the phase rescaled to
-   keep df * phi, the quantity the images fix to first order);
-4. joint refinement, alternating two persistent L-BFGS optimisers: phase (and amplitude) with the
-   optics cached, then the optics (per-image defocus, theta_c, astigmatism, shifts, scales) with the
-   phase held; phase vortices removed after each phase block (reconstruct/vortices.py); until the
-   discrepancy or relative-change rule, or the iteration cap.
+- start.py: registration, amplitude, the TIE start (candidates; the data pick), the ramp convention;
+- objective.py: data misfit + regulariser, the noise level, the likelihood scale and its inflation;
+- lbfgs.py: persistent L-BFGS per parameter group, with rollback of bad steps;
+- calibration.py: the common defocus scale from data-only fits with a prior, and the significance test;
+- stopping.py: when the phase and the parameters have stopped changing by more than their uncertainty;
+- uncertainty.py: one-sigma values of defocus, theta_c and the phase map;
+- vortices.py: removal of the phase vortices L-BFGS can settle into.
+
+Schedule (`Reconstructor.steps`):
+1. start (best candidate), a warm-up phase block, registration to the model's predictions;
+2. blocks alternating the optics (theta_c, shifts, scales, per-image defocus if asked; the phase held) and
+   the phase (the optics cached); vortices removed after a phase block; the regulariser relaxes to its
+   target; the common defocus scale fitted by data alone when the refinement settles (and at the latest
+   at fixed fractions of the budget);
+3. stop when the stopping rule says so, or at the iteration cap (exactly max_iter phase iterations);
+4. checks that the data support what moved (defocus, theta_c: else back to nominal), that the fit is at
+   least as consistent with the data as its start and keeps its large-scale shape unless the data say
+   otherwise (else the better is returned, with a warning).
 """
 
 from __future__ import annotations
@@ -17,99 +26,29 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ltemlive.optics.forward import ImageModel
 from ltemlive.reconstruct import prepare
+from ltemlive.reconstruct.calibration import fit_global_scale, significant
 from ltemlive.reconstruct.config import ReconstructionConfig
-from ltemlive.reconstruct.loss import (
-    REGULARIZERS,
-    estimate_sqrt_noise_variance,
-    expected_misfit,
-    poisson_loss,
-    sqrt_gaussian_loss,
-)
-from ltemlive.reconstruct.model import SeriesModel
-from ltemlive.reconstruct.vortices import branch_cut_count, remove_vortices
+from ltemlive.reconstruct.lbfgs import GroupOptimiser
+from ltemlive.reconstruct.objective import Objective
+from ltemlive.reconstruct.result import ReconstructionResult, Snapshot
+from ltemlive.reconstruct.start import StartBuilder, register_to_model
+from ltemlive.reconstruct.stopping import StoppingRule
+from ltemlive.reconstruct.uncertainty import parameter_uncertainty, phase_sigma_map
+from ltemlive.reconstruct.vortices import remove_vortices, residue_count
 from ltemlive.series import Series
-from ltemlive.tie import tie_reconstruct
 
-# Prior scale of the phase curvature (rad / px^2) in the MAP reading of the regulariser weight:
-# weight = reg_factor * 2 * sigma^2 / (N * CURVATURE_SCALE). Measured on the simulator's specimens.
-CURVATURE_SCALE = 0.02
-MIN_DOSE = 2000.0
+__all__ = ["ReconstructionResult", "Reconstructor", "Snapshot", "reconstruct"]
+
 SCALE_FIT_AT = (0.3, 0.45, 0.6, 0.75)  # latest points (fractions of max_iter) for the scale fits
-REG_START = 8.0
-U_RANGE = 0.05  # relative phase-scale range sampled with the defocus scale
-# Tikhonov cut-off of the starting TIE, cycles per pixel: TIE's 1/q^2 amplifies low-frequency noise.
-TIE_Q_CUT_PER_PX = 0.005
-
-
-@dataclass
-class Snapshot:
-    """The state of a running reconstruction, cheap to publish."""
-
-    iteration: int
-    stage: str
-    loss: float
-    data_loss: float
-    reg_loss: float
-    defocus_m: np.ndarray
-    theta_c_rad: float
-    astig_m: tuple[float, float]
-    shifts_px: np.ndarray
-    scales: np.ndarray
-    elapsed_s: float
-    phase: np.ndarray | None = None
-
-
-@dataclass
-class ReconstructionResult:
-    phase: np.ndarray
-    amplitude: np.ndarray
-    defocus_m: np.ndarray
-    defocus_sigma_m: np.ndarray
-    defocus_nominal_m: np.ndarray
-    theta_c_rad: float
-    theta_c_sigma_rad: float
-    astig_m: tuple[float, float]  # Cartesian (a_c, a_s)
-    shifts_px: np.ndarray
-    scales: np.ndarray
-    tie_phase: np.ndarray
-    history: list[dict]
-    stopped_because: str
-    iterations: int
-    elapsed_s: float
-    loss_kind: str
-    reg_weight: float
-    noise_level: float
-    padding: str
-    hot_pixels_replaced: int = 0
-    extras: dict = field(default_factory=dict)
-
-    def parameters(self) -> dict:
-        """The refined microscope parameters with uncertainties, in SI units (for parameters.yaml)."""
-        ac, as_ = self.astig_m
-        return {
-            "defocus_m": [float(d) for d in self.defocus_m],
-            "defocus_sigma_m": [float(s) for s in self.defocus_sigma_m],
-            "defocus_nominal_m": [float(d) for d in self.defocus_nominal_m],
-            "theta_c_rad": float(self.theta_c_rad),
-            "theta_c_sigma_rad": float(self.theta_c_sigma_rad),
-            "astig_m": float(math.hypot(ac, as_)),
-            "astig_azimuth_rad": float((0.5 * math.atan2(as_, ac)) % math.pi),
-            "shifts_px": [[float(v) for v in s] for s in self.shifts_px],
-            "intensity_scales": [float(s) for s in self.scales],
-            "loss": self.loss_kind,
-            "reg_weight": float(self.reg_weight),
-            "iterations": int(self.iterations),
-            "stopped_because": self.stopped_because,
-            "elapsed_s": float(self.elapsed_s),
-            "padding": self.padding,
-        }
+SCALE_RANGES = (0.05, 0.02, 0.01)  # after the first fit at cfg.defocus_scan_range
+LARGE_SCALE_MIN_CORRELATION = 0.9
 
 
 class Reconstructor:
@@ -131,195 +70,91 @@ class Reconstructor:
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         self.device = torch.device(cfg.device)
         self.t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed)
 
         nominal = series.defocus_m
         data, self.divisor = prepare.normalise(series)
         data, self.hot_pixels = prepare.remove_hot_pixels(data)
         self.reference = prepare.reference_index(nominal)
-
-        self.data = self._tensor(data)
-        self.mask = None
-        # Loss and the regulariser weight, both from the noise level.
-        self.loss_kind = cfg.loss
-        if self.loss_kind == "auto":
-            self.loss_kind = "poisson" if series.dose_e_per_px is not None else "sqrt_gaussian"
-        if self.loss_kind == "poisson" and series.dose_e_per_px is None:
-            raise ValueError("loss='poisson' needs the dose (dose_e_per_px) of the series")
-        self.dose = series.dose_e_per_px
-        sqrt_var = 1.0 / (4 * self.dose) if self.dose else estimate_sqrt_noise_variance(self.data)
-        self.noise_level = expected_misfit(self.loss_kind, self.dose, sqrt_var)
-        # Variance-stabilised noise variance, the same for either loss; floored at the level of MIN_DOSE
-        # electrons/px because clean data still need some curvature penalty to keep the fit out of the
-        # local minima of strong phase gradients (and the scale fit a finite likelihood scale).
-        self.sqrt_var = max(sqrt_var, 1.0 / (4 * MIN_DOSE))
-
-        mic = series.microscope
+        self.data = self.tensor(data)
         self.warm = warm_start is not None
         self.im = ImageModel(
             series.shape,
             series.pixel_size_m,
-            mic,
+            series.microscope,
             max_abs_defocus_m=float(np.abs(nominal).max()) * 1.3,
             padding=cfg.padding,
             device=self.device,
             dtype=self.dtype,
         )
-        if cfg.padding == "zero":
-            self.mask = self.im.valid_mask
+        mask = self.im.valid_mask if cfg.padding == "zero" else None
+        self.objective = Objective(self.data, series.dose_e_per_px, cfg, mask=mask, warm=self.warm)
+        builder = StartBuilder(self)
         if warm_start is not None:
-            # Images seen before keep their shifts; new ones are registered to the model in steps().
-            shifts0 = np.zeros((series.n_images, 2))
-            k = min(len(warm_start.shifts_px), series.n_images)
-            shifts0[:k] = warm_start.shifts_px[:k]
-            self.model, self.tie_phase = self._start_model(data, shifts0, warm_start)
-        elif not cfg.free.shifts:
-            self.model, self.tie_phase = self._start_model(data, np.zeros((series.n_images, 2)), None)
+            self.model, self.tie_phase = builder.warm(data, warm_start)
+            self.start_candidates: list[dict] = []
         else:
-            # Each candidate registration gives a TIE start; the images it left unregistered are
-            # registered to that start's predictions, and the start that explains the data best is kept.
-            best = None
-            for shifts0 in prepare.registration_candidates(data, nominal):
-                model, tie_phase = self._start_model(data, shifts0, None)
-                self.model = model
-                self._scales_init()
-                self._register_to_model(16.0)
-                with torch.no_grad():
-                    misfit = float(self.data_loss(model()))
-                if best is None or misfit < best[0]:
-                    best = (misfit, model, tie_phase)
-            _, self.model, self.tie_phase = best
-        self.scale_sigma = math.inf
-        if cfg.reg_weight == "auto":
-            self.reg_weight = cfg.reg_factor * 2 * self.sqrt_var / (series.n_images * CURVATURE_SCALE)
-        else:
-            self.reg_weight = float(cfg.reg_weight)
-        # Continuation: start smoother (REG_START x), halve each block down to the target weight; a warm
-        # start is already near the optimum and starts at the target.
-        self.reg_target = self.reg_weight
-        self.reg_weight = self.reg_target * (1.0 if self.warm else REG_START)
-        self.regularizer = REGULARIZERS.get(cfg.regularization)
+            self.model, self.tie_phase, self.start_candidates = builder.fresh(data)
 
         self.history: list[dict] = []
         self.scans: list[dict] = []
-        self.rejected_steps = 0
         self.vortex_removals: list[dict] = []
+        self.warnings: list[str] = []
         self.iterations = 0
         self.stopped_because = "not run"
-        self._last_loss = math.inf
+        self.scale_sigma = math.inf
+        self.defocus_refined = False
+        self.theta_c_refined = False
+        self._start_state: dict | None = None
+        self._optimisers: list[GroupOptimiser] = []
 
-    def _tensor(self, a) -> torch.Tensor:
+    def tensor(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
 
-    def _start_model(self, data: np.ndarray, shifts0: np.ndarray, warm_start) -> tuple[SeriesModel, np.ndarray]:
-        """The starting model for given initial shifts: amplitude and TIE phase from the aligned images
-        (or the previous result's phase and calibration for a warm start)."""
-        cfg, series, nominal = self.cfg, self.series, self.series.defocus_m
-        mic = series.microscope
-        aligned = prepare.fourier_shift(data, -shifts0)
-        amplitude0 = prepare.starting_amplitude(aligned, nominal)
-        if warm_start is not None:
-            tie_phase = warm_start.tie_phase
-            phase0 = warm_start.phase  # the model pads it by mirroring
-            defocus0 = calibrated_defocus(warm_start, nominal)
-            theta_c0 = warm_start.theta_c_rad
-            astig0 = warm_start.astig_m
-        else:
-            tie = tie_reconstruct(
-                np.clip(aligned, 1e-6, None),
-                nominal,
-                series.pixel_size_m,
-                mic.voltage_v,
-                # The innermost +-df pair is the most linear (TIE-like); a longer series is fitted otherwise.
-                method="symmetric" if prepare.has_symmetric_pair(nominal) else "least_squares",
-                tikhonov_q_cut=TIE_Q_CUT_PER_PX / series.pixel_size_m,
-            )
-            tie_phase = phase0 = tie.phase.cpu().numpy()
-            defocus0 = nominal
-            theta_c0 = mic.theta_c_rad
-            astig0 = (0.0, 0.0)
-        model = SeriesModel(
-            self.im,
-            defocus0,
-            phase0=self._tensor(phase0),
-            amplitude0=self._tensor(amplitude0),
-            theta_c0=theta_c0 if theta_c0 > 0 else 1e-6,
-            astig0=astig0,
-            shifts0=self._tensor(shifts0),
-            preconditioner_q0=cfg.preconditioner_q0,
-            reference=self.reference,
-            defocus_mode=cfg.defocus_model,
-            remove_ramp=cfg.free.shifts,
-        )
-        return model, tie_phase
+    # Kept for callers that read them (CLI, service): the objective's settings.
+    @property
+    def loss_kind(self) -> str:
+        return self.objective.kind
 
-    # -- objective ------------------------------------------------------------------------------------
-    def data_loss(self, images: torch.Tensor) -> torch.Tensor:
-        if self.loss_kind == "poisson":
-            return poisson_loss(images, self.data, self.dose, self.mask)
-        return sqrt_gaussian_loss(images, self.data, self.mask)
+    @property
+    def reg_weight(self) -> float:
+        return self.objective.reg_weight
 
-    def objective(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        d = self.data_loss(self.model())
-        r = self.regularizer(self.model.phase()) if self.regularizer and self.reg_weight > 0 else d.new_zeros(())
-        return d + self.reg_weight * r, d, r
+    @property
+    def noise_level(self) -> float:
+        return self.objective.noise_level
 
-    def _lbfgs(self, params, max_iter: int) -> torch.optim.LBFGS:
-        return torch.optim.LBFGS(
-            params,
-            lr=1.0,
-            max_iter=max_iter,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-12,
-            tolerance_change=1e-14,
-        )
+    # -- objective with the priors on the instrument parameters ---------------------------------------
+    def _theta_prior(self) -> torch.Tensor:
+        """Gaussian prior on ln(theta_c / nominal), in the objective's units (per-pixel loss, inflated)."""
+        m = self.model
+        theta_nom = self.series.microscope.theta_c_rad
+        log_ratio = torch.log(m.theta_c() / theta_nom) if theta_nom > 0 else m.t * 0
+        nll = 0.5 * (log_ratio / self.cfg.theta_c_prior) ** 2
+        return nll * self._inflation / self.objective.nll_per_loss()
 
-    def _step(self, opt: torch.optim.Optimizer, params) -> None:
-        """One optimiser call (max_iter L-BFGS iterations). A step that produces a non-finite loss or
-        parameter (a line-search trial too far out) is undone and the optimiser's memory cleared."""
-
-        def closure():
-            opt.zero_grad(set_to_none=True)
-            loss, _, _ = self.objective()
-            loss.backward()
-            return loss
-
-        defocus_params = (self.model.r,)
-        for p in self.model.parameters():
-            held = any(p is d for d in defocus_params) and not self._defocus_on
-            p.requires_grad_(any(p is q for q in params) and not held)
-        backup = [p.detach().clone() for p in params]
-        try:
-            loss = opt.step(closure)
-        except ValueError:  # the optics refused a non-finite trial point (e.g. defocus)
-            loss = None
-        bad = loss is None or not torch.isfinite(torch.as_tensor(loss)).all()
-        bad = bad or any(not torch.isfinite(p).all() for p in params)
-        if bad:
-            with torch.no_grad():
-                for p, b in zip(params, backup, strict=True):
-                    p.copy_(b)
-            opt.state.clear()
-            self.rejected_steps += 1
+    def _total(self) -> torch.Tensor:
+        loss, _, _ = self.objective(self.model)
+        if self.cfg.free.theta_c and self.model.t.requires_grad:
+            loss = loss + self._theta_prior()
+        return loss
 
     # -- parameter groups -----------------------------------------------------------------------------
     def phase_params(self) -> list[torch.nn.Parameter]:
         m, f = self.model, self.cfg.free
-        return [p for p, on in ((m.c, f.phase), (m.a, f.amplitude)) if on]
+        return [p for p, on in ((m.c, f.phase), (m.ramp, f.phase), (m.a, f.amplitude)) if on]
 
     def optics_params(self) -> list[torch.nn.Parameter]:
         m, f = self.model, self.cfg.free
-        # scale: the common scale is set by data-only fits (see _fit_global_scale); per_image: the
-        # per-image differences are refined by gradient on top.
-        per_image = f.defocus and self.cfg.defocus_model == "per_image"
+        # scale: the common scale is set by data-only fits (calibration.py); per_image: the per-image differences
+        # are refined by gradient on top, once the first scale fit has been made.
+        per_image = f.defocus and self.cfg.defocus_model == "per_image" and self._defocus_on
         pairs = ((m.r, per_image), (m.t, f.theta_c), (m.astig_uv, f.astigmatism), (m.s, f.shifts), (m.k, f.scales))
         return [p for p, on in pairs if on]
 
-    # -- stages ---------------------------------------------------------------------------------------
+    # -- records --------------------------------------------------------------------------------------
     def _record(self, stage: str) -> Snapshot:
         with torch.no_grad():
-            loss, d, r = self.objective()
+            loss, d, r = self.objective(self.model)
         snap = self.snapshot(stage, float(loss), float(d), float(r))
         self.history.append(
             {
@@ -351,202 +186,274 @@ class Reconstructor:
                 elapsed_s=time.perf_counter() - self.t0,
             )
 
-    def _scales_init(self) -> None:
-        """Per-image scales by least squares against the starting model, before anything else."""
-        with torch.no_grad():
-            self.model.k.zero_()
-            img = self.model()
-            ratio = (self.data * img).sum(dim=(1, 2)) / img.square().sum(dim=(1, 2))
-            self.model.k.copy_(torch.log(ratio.clamp_min(1e-6)))
+    @torch.no_grad()
+    def _data_loss(self) -> float:
+        return float(self.objective.data_loss(self.model()))
 
     @torch.no_grad()
-    def _register_to_model(self, max_shift_px: float = 16.0) -> None:
-        """Correct each image's shift by cross-correlating it with the model's prediction of it."""
+    def _save_state(self) -> dict:
         m = self.model
-        pred = m().cpu().numpy()
-        data = self.data.cpu().numpy()
-        delta = np.zeros((m.n, 2))
-        for i in range(m.n):
-            if i != self.reference:
-                delta[i] = prepare.cross_correlation_shift(data[i], pred[i], max_shift_px)
-        m.s.add_(torch.as_tensor(delta, dtype=m.s.dtype, device=m.s.device))
+        return {
+            "phase": m.phase().detach().clone(),
+            "base": m.defocus_base.detach().clone(),
+            "params": {k: v.detach().clone() for k, v in m.named_parameters()},
+        }
 
     @torch.no_grad()
-    def _fit_global_scale(self, rng: float, stage: str) -> bool:
-        """Set the global defocus scale g from the data alone.
-
-        Along the path df -> df (1 + g), phi -> phi (1 + u) / (1 + g) the images change only at second
-        order in g (TIE fixes df * phi), so a regulariser would decide g (shrinking the phase and
-        inflating the defocus) if g were left to the gradient. Instead the data misfit is sampled on a
-        5 x 5 grid of (g, u) and fitted by a quadratic surface; u absorbs the regulariser's shrinkage of
-        the phase so that it does not bias g. The scale moves by a trust-region step (at most the sampled
-        range) and only when the surface is convex and pins g down; otherwise it stays.
-        """
+    def _load_state(self, state: dict) -> None:
         m = self.model
-        base = m.defocus().detach().clone()
-        phase = m.phase().detach().clone()
-        gs = np.linspace(-rng, rng, 5)
-        us = np.linspace(-U_RANGE, U_RANGE, 5)
-        rows, losses = [], []
-        for g in gs:
-            m.rebase_defocus(base * (1 + g))
-            m.freeze_optics(True)
-            for u in us:
-                m.set_phase(phase * (1 + u) / (1 + g))
-                losses.append(float(self.objective()[1]))
-                rows.append((1.0, g, u, g * g, g * u, u * u))
-        a = np.asarray(rows)
-        y = np.asarray(losses) * self._nll_per_loss()  # total negative log-likelihood units
-        coef = np.linalg.lstsq(a, y, rcond=None)[0]
-        hess = np.array([[2 * coef[3], coef[4]], [coef[4], 2 * coef[5]]])
-        g_best = u_best = 0.0
-        sigma_g = math.inf
-        g_fit = u_fit = math.nan
-        inside = True  # a surface that pins nothing down is final: no retry
-        if np.all(np.linalg.eigvalsh(hess) > 0):
-            g_fit, u_fit = np.linalg.solve(hess, -coef[1:3])
-            sigma_g = float(np.sqrt(np.linalg.inv(hess)[0, 0]))
-            # Move only when the data pin the scale down better than the sampled range (with few or noisy
-            # images the surface is shallow and its vertex is noise). The quadratic model is trusted inside
-            # the sampled box; a vertex outside it (seen while the phase is still poor: -17 % with a true
-            # 0 % on two images) earns a step of a third of the range towards it and a repeat of the fit.
-            if sigma_g <= 0.5 * rng:
-                inside = abs(g_fit) <= rng and abs(u_fit) <= U_RANGE
-                step = rng if inside else rng / 3
-                g_best = float(np.clip(g_fit, -step, step))
-                u_best = float(np.clip(u_fit, -U_RANGE, U_RANGE))
-        m.rebase_defocus(base * (1 + g_best))
-        m.set_phase(phase * (1 + u_best) / (1 + g_best))
-        m.freeze_optics(False)
-        self.scale_sigma = sigma_g
-        self.scans.append(
-            {
-                "stage": stage,
-                "range": rng,
-                "g": float(g_best),
-                "u": float(u_best),
-                "sigma_g": sigma_g,
-                "g_vertex": float(g_fit),
-                "u_vertex": float(u_fit),
-            }
-        )
-        return inside
+        m.rebase_defocus(state["base"])
+        for k, v in m.named_parameters():
+            v.copy_(state["params"][k])
+        m.set_phase(state["phase"])
 
-    def _nll_per_loss(self) -> float:
-        """Factor from the mean per-pixel data loss to the total negative log-likelihood."""
-        n_pix = self.data.numel() if self.mask is None else int(self.mask.sum()) * self.data.shape[0]
-        if self.loss_kind == "poisson":
-            return float(self.dose) * n_pix
-        return n_pix / (2.0 * self.sqrt_var)
-
+    # -- the schedule ---------------------------------------------------------------------------------
     def steps(self) -> Iterator[Snapshot]:
-        """Run the reconstruction, yielding a snapshot after each block of iterations.
-
-        Schedule: register, warm up the phase, refine with the defocus held while the regulariser
-        relaxes to its target; then fit the global defocus scale and free the per-image defocus,
-        re-fitting the scale with a shrinking range whenever the refinement has settled.
-        """
+        """Run the reconstruction, yielding a snapshot after each block of iterations."""
         cfg, m = self.cfg, self.model
-        self._scales_init()
+        self._defocus_on = False
+        self._inflation = 1.0
         yield self._record("start")
+        self._start_state = self._save_state()
+        self._start_loss = self._data_loss()
+        all_params = list(m.parameters())
         phase_params = self.phase_params()
-        optics_params = self.optics_params()
-        if not phase_params and not optics_params:
+        if not phase_params and not self.optics_params():
             self.stopped_because = "nothing to refine"
+            self._finish()
             return
-        # A block never takes more than half the budget: --max-iter 3 runs 3 iterations, not two 15-step blocks.
-        block = max(1, min(cfg.block_iter, cfg.max_iter // 2))
-        new_phase_opt = lambda: self._lbfgs(phase_params, block) if phase_params else None  # noqa: E731
-        phase_opt = new_phase_opt()
-        optics_opt = self._lbfgs(optics_params, cfg.optics_iter) if optics_params else None
+        block = max(1, min(cfg.block_iter, cfg.max_iter))
+        phase_opt = GroupOptimiser(phase_params, all_params, block) if phase_params else None
+        self._optimisers = [phase_opt] if phase_opt else []
+        optics_opt = None
         refine_defocus = cfg.free.defocus and phase_opt is not None
-        scale_ranges = [cfg.defocus_scan_range, 0.05, 0.02, 0.01] if not self.warm else [0.05, 0.02, 0.01]
-        if not (refine_defocus and cfg.defocus_scan):
-            scale_ranges = []
-        self._defocus_on = not refine_defocus and cfg.free.defocus  # phase fixed: defocus from the start
+        scale_ranges = ([] if self.warm else [cfg.defocus_scan_range]) + list(SCALE_RANGES) if refine_defocus else []
+        # Phase frozen: the per-image defocus (per_image model) is refined by gradient from the start.
+        self._defocus_on = cfg.free.defocus and phase_opt is None
+        stopping = StoppingRule(self)
 
-        def phase_block():
-            nonlocal phase_opt
+        # The final defocus check re-fits the phase at the nominal defocus for one block: reserved in the budget, so
+        # that max_iter is exact.
+        self._check_block = min(block, cfg.max_iter // 4) if refine_defocus else 0
+        self._phase_opt = phase_opt
+
+        def budget_left() -> int:
+            return cfg.max_iter - self._check_block - self.iterations
+
+        def phase_block() -> None:
+            phase_opt.set_block(min(block, budget_left()))
             m.freeze_optics(True)
-            before = self._n_iter(phase_opt)
-            self._step(phase_opt, phase_params)
-            self.iterations += max(self._n_iter(phase_opt) - before, 1)
+            self.iterations += phase_opt.step(self._total)
             m.freeze_optics(False)
             if cfg.free.phase and self._remove_vortices():
-                phase_opt = new_phase_opt()
+                phase_opt.reset()
 
-        # A warm start knows its shifts to a pixel: only small corrections, so that a poorly matched
-        # detail cannot pull an image onto a wrong correlation peak.
-        max_shift = 2.0 if self.warm else 16.0
-        if cfg.free.shifts:
-            self._register_to_model(max_shift)
+        def optics_block() -> None:
+            nonlocal optics_opt
+            params = self.optics_params()
+            if not params:
+                return
+            if optics_opt is None or optics_opt.params != params:
+                optics_opt = GroupOptimiser(params, all_params, cfg.optics_iter)
+                self._optimisers.append(optics_opt)
+            with torch.no_grad():
+                self._inflation = self.objective.inflation(self._data_loss())
+            taken = optics_opt.step(self._total)
+            if phase_opt is None:
+                self.iterations += taken
+
+        max_shift = 2.0 if self.warm else 16.0  # a warm start knows its shifts to a pixel
         if phase_opt is not None:
             phase_block()
             yield self._record("warm-up")
-        if cfg.free.shifts:
-            self._register_to_model(max_shift)
-            phase_opt = new_phase_opt()
+            if cfg.free.shifts:
+                register_to_model(m, self.data, self.series.defocus_m, max_shift)
+                phase_opt.reset()
 
-        prev = math.inf
         retries = 0
-        while True:
-            if optics_opt is not None:
-                self._step(optics_opt, optics_params)
-                if phase_opt is None:
-                    self.iterations += cfg.optics_iter
-            if phase_opt is not None:
+        while budget_left() > 0:
+            optics_block()
+            if phase_opt is not None and budget_left() > 0:
                 phase_block()
             snap = self._record("refine")
             yield snap
-            if self.iterations >= cfg.max_iter:
-                self.stopped_because = "iteration cap"
+            if budget_left() <= 0:
                 break
-            if self.reg_weight > self.reg_target:
-                self.reg_weight = max(self.reg_target, 0.5 * self.reg_weight)
-                prev = math.inf  # the objective changed: no convergence test on this block
+            if not self.objective.relaxed:
+                self.objective.relax()
+                phase_opt and phase_opt.reset()
+                stopping.reset()
                 continue
-            rel = (prev - snap.loss) / max(abs(snap.loss), 1e-30)
-            prev = snap.loss
-            settled = 0 <= rel < cfg.rtol * cfg.block_iter * 10
-            # Scale fits when the refinement has settled, and at the latest at fixed fractions of the
-            # iteration budget, so that a capped run gets them too (the cap is never exceeded by more
-            # than a block).
-            due = scale_ranges and self.iterations >= SCALE_FIT_AT[-len(scale_ranges)] * cfg.max_iter
+            settled = stopping.update()
+            due = bool(scale_ranges) and self.iterations >= SCALE_FIT_AT[-len(scale_ranges)] * cfg.max_iter
             if refine_defocus and scale_ranges and (settled or due):
-                # A fit whose vertex fell outside its box is repeated at the same range (twice at most).
-                confirmed = self._fit_global_scale(scale_ranges[0], "scale")
-                retries = retries + 1 if not confirmed else 0
-                if confirmed or retries > 2:
+                fit = fit_global_scale(
+                    m, self.objective, scale_ranges[0], nominal_m=self.series.defocus_m, prior=cfg.defocus_prior
+                )
+                fit["iteration"] = self.iterations
+                self.scans.append(fit)
+                self.scale_sigma = fit["sigma_g"]
+                retries = retries + 1 if not fit["inside"] else 0
+                if fit["inside"] or retries > 2:
                     scale_ranges.pop(0)
                     retries = 0
+                    # A fit that no longer moves the scale (within a fifth of its sigma) ends the scale fits.
+                    if abs(fit["g"]) < 0.2 * fit["sigma_g"] and math.isfinite(fit["sigma_g"]):
+                        scale_ranges.clear()
                 self._defocus_on = True
-                phase_opt, prev = new_phase_opt(), math.inf
+                phase_opt.reset()
+                stopping.reset()
                 yield self._record("defocus scale")
                 continue
-            if cfg.discrepancy > 0 and snap.data_loss <= cfg.discrepancy * self.noise_level:
-                self.stopped_because = "discrepancy"
+            if stopping.converged():
+                self.stopped_because = stopping.reason
                 break
-            if 0 <= rel < cfg.rtol * cfg.block_iter:
-                self.stopped_because = "converged (relative change)"
-                break
-        for p in m.parameters():
-            p.requires_grad_(False)
+        if self.stopped_because == "not run":
+            self.stopped_because = "iteration cap"
+            nom = self.tensor(self.series.defocus_m)
+            unmoved = bool((m.defocus() - nom).abs().max() <= 1e-12 * float(nom.abs().max()))
+            if phase_opt is not None and unmoved and cfg.max_iter - self.iterations > 0:
+                self._check_block = 0  # no defocus check to reserve for: the budget goes to the phase
+                phase_block()
+        self._finish()
+        yield self._record("checked")
 
     @torch.no_grad()
     def _remove_vortices(self) -> bool:
         phase = self.model.phase()
-        cuts = branch_cut_count(phase)
-        if cuts == 0:
+        cores = residue_count(phase)
+        if cores == 0:
             return False
         self.model.set_phase(remove_vortices(phase))
-        self.vortex_removals.append({"iteration": self.iterations, "branch_cut_pixels": cuts})
+        self.vortex_removals.append({"iteration": self.iterations, "residues": cores})
         return True
 
-    @staticmethod
-    def _n_iter(opt) -> int:
-        if opt is None:
-            return 0
-        return int(opt.state[opt._params[0]].get("n_iter", 0))
+    # -- final checks ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _finish(self) -> None:
+        """What moved must be supported by the data; the fit must not be worse than its start."""
+        m, cfg, obj = self.model, self.cfg, self.objective
+        for p in m.parameters():
+            p.requires_grad_(False)
+        nominal = self.series.defocus_m
+        final_loss = self._data_loss()
+        inflation = obj.inflation(final_loss)
+        self._inflation = inflation
+        e_final = obj.evidence(final_loss, inflation)
+
+        # Defocus: the refined values against the nominal ones, the phase rescaled to keep df * phi (the best of a
+        # few phase scales, as in the scale fit).
+        base_now = m.defocus().detach().clone()
+        nom = self.tensor(nominal)
+        moved = cfg.free.defocus and bool((base_now - nom).abs().max() > 1e-12 * float(nom.abs().max()))
+        if moved:
+            state = self._save_state()
+            free = nom != 0
+            ratio = float((base_now[free] / nom[free]).mean()) if bool(free.any()) else 1.0
+            best = None
+            for u in np.linspace(-0.03, 0.03, 7):
+                m.rebase_defocus(nom)
+                m.set_phase(state["phase"] * ratio * (1 + u))
+                if cfg.defocus_model == "per_image":
+                    m.r.zero_()
+                d = self._data_loss()
+                if best is None or d < best[0]:
+                    best = (d, u)
+            # The phase has co-adapted its detail to the refined defocus; give the nominal one the same chance.
+            m.set_phase(state["phase"] * ratio * (1 + best[1]))
+            if self._check_block and self._phase_opt is not None and cfg.max_iter > self.iterations:
+                opt = self._phase_opt
+                opt.reset()
+                opt.set_block(max(1, cfg.max_iter - self.iterations))
+                with torch.enable_grad():
+                    m.freeze_optics(True)
+                    self.iterations += opt.step(self._total)
+                    m.freeze_optics(False)
+                best = (self._data_loss(), 0.0)
+            nominal_state = self._save_state()
+            gain = obj.evidence(best[0], inflation) - e_final
+            n_free = 1 if cfg.defocus_model == "scale" else int(free.sum())
+            if significant(gain, n_free):
+                self._load_state(state)
+                self.defocus_refined = True
+            else:
+                self._load_state(nominal_state)
+                self.warnings.append(
+                    f"defocus: the data do not support moving it from the nominal values (evidence gain {gain:.1f}, "
+                    f"needed {1.92 * n_free:.1f}); nominal kept"
+                )
+                final_loss = self._data_loss()
+                e_final = obj.evidence(final_loss, inflation)
+        # theta_c against its nominal value, the phase held.
+        theta_nom = self.series.microscope.theta_c_rad
+        if cfg.free.theta_c and theta_nom > 0 and abs(float(m.theta_c()) / theta_nom - 1) > 1e-6:
+            t_now = m.t.detach().clone()
+            m.t.fill_(math.atanh(min(max(math.log(theta_nom / m.theta_c0) / 2.0, -0.999999), 0.999999)) * 2.0)
+            gain = obj.evidence(self._data_loss(), inflation) - e_final
+            if significant(gain):
+                m.t.copy_(t_now)
+                self.theta_c_refined = True
+            else:
+                self.warnings.append(
+                    f"theta_c: the data do not support moving it from {theta_nom:.3g} rad (evidence gain {gain:.1f}); "
+                    "nominal kept"
+                )
+            final_loss = self._data_loss()
+            e_final = obj.evidence(final_loss, inflation)
+
+        # Never worse than the start; keep its large-scale shape unless the data say otherwise.
+        start = self._start_state
+        if start is None:
+            return
+        # The ramp: a uniform in-plane induction shows only as image shifts in proportion to defocus, which noise
+        # barely pins down; the fit's ramp must beat the start's (two parameters) or the start's is restored.
+        if cfg.free.phase:
+            gy, gx = m.ramp_rad_per_px()
+            state = self._save_state()
+            m.set_phase(start["phase"])
+            sy, sx = m.ramp_rad_per_px()
+            self._load_state(state)
+            if math.hypot(gy - sy, gx - sx) > 0:
+                phase = m.phase()
+                m.set_phase(phase - (gy - sy) * m.plane_y - (gx - sx) * m.plane_x)
+                d_start_ramp = self._data_loss()
+                gain = obj.evidence(d_start_ramp, inflation) - e_final
+                self.ramp_check = {"fit_rad_per_px": (gy, gx), "start_rad_per_px": (sy, sx), "gain": gain}
+                if significant(gain, 2):
+                    self._load_state(state)
+                else:
+                    final_loss, e_final = d_start_ramp, obj.evidence(d_start_ramp, inflation)
+        final_phase = m.phase_fov().detach().double().cpu().numpy()
+        start_phase = start["phase"] if start["phase"].shape == m.im.shape else m.im.crop(start["phase"])
+        start_fov = start_phase.double().cpu().numpy()
+        if final_loss > self._start_loss:
+            self.warnings.append(
+                f"the fit did not improve on its start (data misfit {final_loss:.4g} vs {self._start_loss:.4g}); "
+                "the start is returned"
+            )
+            self._load_state(start)
+            self.defocus_refined = self.theta_c_refined = False
+            return
+        corr = _large_scale_correlation(final_phase, start_fov)
+        self.large_scale_correlation = corr
+        if corr < LARGE_SCALE_MIN_CORRELATION:
+            # The start's large-scale shape with the fit's detail: if it explains the data as well, keep it.
+            state = self._save_state()
+            sigma = max(final_phase.shape) / 16
+            low = ndimage.gaussian_filter(final_phase, sigma, mode="reflect")
+            hybrid = final_phase - low + ndimage.gaussian_filter(start_fov, sigma, mode="reflect")
+            m.set_phase(self.tensor(hybrid))
+            gain = obj.evidence(self._data_loss(), inflation) - e_final
+            if significant(gain):
+                self._load_state(state)
+                self.warnings.append(
+                    f"the large-scale phase departs from the TIE start (correlation {corr:.2f}); the data support it"
+                )
+            else:
+                self.warnings.append(
+                    f"the fit's large-scale phase departed from its start (correlation {corr:.2f}) without support "
+                    "from the data; the start's large-scale shape was restored"
+                )
 
     def run(self, callback: Callable[[Snapshot], None] | None = None) -> ReconstructionResult:
         for snap in self.steps():
@@ -555,21 +462,38 @@ class Reconstructor:
         return self.result()
 
     def result(self) -> ReconstructionResult:
-        from ltemlive.reconstruct.uncertainty import parameter_uncertainty
-
-        m = self.model
-        sig = parameter_uncertainty(self)
-        if self.cfg.free.defocus and math.isfinite(self.scale_sigma):
-            # The common scale is known only as well as its data-only fit says (the Fisher estimate holds
-            # the phase shape fixed and is far too optimistic along the scale/phase-scale valley).
+        m, cfg, obj = self.model, self.cfg, self.objective
+        inflation = getattr(self, "_inflation", 1.0)
+        free_df = [i for i in range(m.n) if cfg.free.defocus and bool(m.defocus_free[i])]
+        sig = parameter_uncertainty(
+            m, data=self.data, kind=obj.kind, dose=obj.dose, mask=obj.mask, free_defocus=free_df,
+            theta_c=cfg.free.theta_c, inflation=inflation,
+        )
+        if cfg.free.defocus and math.isfinite(self.scale_sigma):
+            # The common scale is known only as well as its data-only fit says (the Fisher estimate holds the phase
+            # shape fixed and is too optimistic along the scale/phase-scale valley).
             scale_part = np.abs(m.defocus().double().cpu().numpy()) * self.scale_sigma
             sig["defocus_m"] = np.sqrt(np.nan_to_num(sig["defocus_m"]) ** 2 + scale_part**2)
+        phase_sigma = phase_sigma_map(m, sqrt_var=obj.sqrt_var, inflation=inflation) if cfg.free.phase else None
+        gy, gx = m.ramp_rad_per_px()
+        px = self.series.pixel_size_m
         with torch.no_grad():
-            phase = m.phase_fov()
+            phase = m.phase_fov().double().cpu().numpy()
             phase = phase - phase.mean()
+            shifts = m.shifts().double().cpu().numpy()
+            if cfg.ramp == "drift":
+                # The same fit, read the other way: the plane is drift growing with defocus (start.ramp_per_px).
+                h, w = phase.shape
+                yy, xx = np.mgrid[:h, :w]
+                phase = phase - gy * (yy - (h - 1) / 2) - gx * (xx - (w - 1) / 2)
+                phase = phase - phase.mean()
+                slope = np.array([gy, gx]) * m.im.wavelength_m / (2 * math.pi * px**2)  # px per metre of defocus
+                df = m.defocus().double().cpu().numpy()
+                shifts = shifts + slope[None, :] * (df - df[self.reference])[:, None]
+                gy = gx = 0.0
             a = m.astig()
             return ReconstructionResult(
-                phase=phase.double().cpu().numpy(),
+                phase=phase,
                 amplitude=m.amplitude_fov().double().cpu().numpy(),
                 defocus_m=m.defocus().double().cpu().numpy(),
                 defocus_sigma_m=sig["defocus_m"],
@@ -577,36 +501,43 @@ class Reconstructor:
                 theta_c_rad=float(m.theta_c()),
                 theta_c_sigma_rad=sig["theta_c_rad"],
                 astig_m=(float(a[0]), float(a[1])),
-                shifts_px=m.shifts().double().cpu().numpy(),
-                scales=(m.scales().double().cpu().numpy()),
+                shifts_px=shifts,
+                scales=m.scales().double().cpu().numpy(),
                 tie_phase=np.asarray(self.tie_phase),
                 history=self.history,
                 stopped_because=self.stopped_because,
                 iterations=self.iterations,
                 elapsed_s=time.perf_counter() - self.t0,
-                loss_kind=self.loss_kind,
-                reg_weight=self.reg_weight,
-                noise_level=self.noise_level,
-                padding=self.cfg.padding,
+                loss_kind=obj.kind,
+                reg_weight=obj.reg_weight,
+                noise_level=obj.noise_level,
+                padding=cfg.padding,
                 hot_pixels_replaced=self.hot_pixels,
+                phase_sigma=phase_sigma,
+                ramp_rad_per_m=(gy / px, gx / px),
+                defocus_refined=self.defocus_refined,
+                theta_c_refined=self.theta_c_refined,
+                warnings=list(self.warnings),
                 extras={
                     "defocus_scans": self.scans,
-                    "rejected_steps": self.rejected_steps,
+                    "rejected_steps": sum(o.rejected for o in self._optimisers),
                     "vortex_removals": self.vortex_removals,
                     "reference": self.reference,
+                    "start_candidates": self.start_candidates,
+                    "inflation": inflation,
+                    "ramp_check": getattr(self, "ramp_check", None),
+                    "start_data_loss": getattr(self, "_start_loss", math.nan),
                 },
             )
 
 
-def calibrated_defocus(previous: ReconstructionResult, nominal: np.ndarray) -> np.ndarray:
-    """Carry a refined defocus calibration over to new nominal values: fit refined = a * nominal + b on
-    the previous result (or a pure scale if its nominal values cannot separate the two) and apply it."""
-    x, y = np.asarray(previous.defocus_nominal_m), np.asarray(previous.defocus_m)
-    if len(np.unique(x)) >= 2:
-        a, b = np.polyfit(x, y, 1)
-    else:
-        a, b = (y[0] / x[0] if x[0] != 0 else 1.0), 0.0
-    return a * np.asarray(nominal) + b
+def _large_scale_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    sigma = max(a.shape) / 16
+    la = ndimage.gaussian_filter(a, sigma, mode="reflect")
+    lb = ndimage.gaussian_filter(b, sigma, mode="reflect")
+    la, lb = la - la.mean(), lb - lb.mean()
+    den = math.sqrt(float((la * la).sum() * (lb * lb).sum()))
+    return 1.0 if den == 0 else float((la * lb).sum() / den)
 
 
 def reconstruct(

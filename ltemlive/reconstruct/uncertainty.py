@@ -1,12 +1,21 @@
-"""Uncertainty of the refined defocus and theta_c from the curvature of the likelihood at the optimum.
+"""One-sigma uncertainties of the refined defocus, theta_c and phase, from the curvature of the likelihood.
 
-Fisher information F = J^T W J (Gauss-Newton), with J the derivatives of the model images with respect to
-theta = (defocus_n, log theta_c, phase scale alpha, log intensity scale_n), by central differences:
-- Poisson loss: W = dose / I (counts variance);
-- sqrt-domain Gaussian: J of sqrt(I), W = 1 / sigma^2 with sigma^2 the mean squared residual at the
-  optimum (so model error inflates the uncertainty instead of hiding).
-The covariance is F^-1; its diagonal gives one-sigma errors marginalised over the phase scale and the
-intensity scales (the directions the defocus trades off against) but conditional on the phase's shape.
+Everything is inflated by the model-error factor kappa = misfit / expected misfit (>= 1, objective.py):
+residuals beyond the noise mean the model explains the data less well than the noise alone would say,
+and the curvature of an uninflated likelihood was 5-30x too optimistic (issue 9).
+
+Parameters (`parameter_uncertainty`): Gauss-Newton Fisher information F = J^T W J, J the derivatives of
+the model images with respect to (defocus_n, log theta_c, phase scale alpha, log intensity scale_n) by
+central differences, W = 1 / variance (Poisson: dose / I; sqrt-domain: J of sqrt(I), 1 / sigma^2). The
+covariance is kappa F^-1: marginal over the phase scale and the intensity scales (the directions the
+defocus trades off against), conditional on the phase's shape.
+
+Phase (`phase_sigma_map`): the linearised (weak-object) information per spatial frequency,
+F(q) = sum_n 4 A^2 sin^2(chi_n) E_n^2 / (4 sigma^2) / kappa with sigma^2 the variance of sqrt(data),
+plus the regulariser read as a Gaussian prior on the curvature (2 pi q)^4 / c^2 (c =
+objective.CURVATURE_SCALE); the variance of a pixel is the mean of 1 / (F + prior) over frequencies
+(q = 0 excluded: the mean phase is arbitrary), modulated by (mean A / A(r))^2. Cheap (one pass of
+transfer functions, no autograd): the stopping rule uses it every block.
 """
 
 from __future__ import annotations
@@ -16,15 +25,18 @@ import math
 import numpy as np
 import torch
 
+from ltemlive.reconstruct.objective import CURVATURE_SCALE
+
 
 @torch.no_grad()
-def parameter_uncertainty(rec) -> dict:
-    m = rec.model
+def parameter_uncertainty(
+    model, *, data: torch.Tensor, kind: str, dose: float | None, mask, free_defocus: list[int], theta_c: bool,
+    inflation: float,
+) -> dict:
+    m = model
     n = m.n
-    free_df = [i for i in range(n) if rec.cfg.free.defocus and bool(m.defocus_free[i])]
-    want_theta = rec.cfg.free.theta_c
     out = {"defocus_m": np.full(n, np.nan), "theta_c_rad": float("nan")}
-    if not free_df and not want_theta:
+    if not free_defocus and not theta_c:
         return out
 
     df0 = m.defocus().detach().clone()
@@ -44,23 +56,23 @@ def parameter_uncertainty(rec) -> dict:
 
     base_args = [df0, torch.log(theta0), torch.ones((), dtype=df0.dtype, device=df0.device), torch.log(scales0)]
     columns = []  # (arg index, element index or None, step)
-    for i in free_df:
+    for i in free_defocus:
         columns.append((0, i, max(1e-4 * abs(float(df0[i])), 1e-8)))
-    if want_theta:
+    if theta_c:
         columns.append((1, None, 1e-2))
     columns.append((2, None, 1e-3))
     columns.extend((3, i, 1e-3) for i in range(n))
 
-    poisson = rec.loss_kind == "poisson"
+    poisson = kind == "poisson"
     transform = (lambda x: x) if poisson else torch.sqrt
     img0 = render(*base_args)
     if poisson:
-        weight = rec.dose / img0
+        weight = dose / img0
     else:
-        resid = (img0.sqrt() - rec.data.clamp_min(0).sqrt()).square().mean()
+        resid = (img0.sqrt() - data.clamp_min(0).sqrt()).square().mean()
         weight = torch.full_like(img0, 1.0 / max(float(resid), 1e-12))
-    if rec.mask is not None:
-        weight = weight * rec.mask.to(weight.dtype)
+    if mask is not None:
+        weight = weight * mask.to(weight.dtype)
 
     jac = []
     for arg, idx, h in columns:
@@ -80,9 +92,31 @@ def parameter_uncertainty(rec) -> dict:
         cov = torch.linalg.inv(fisher)
     except RuntimeError:
         cov = torch.linalg.pinv(fisher)
-    var = cov.diagonal().clamp_min(0).cpu().numpy()
-    for k, i in enumerate(free_df):
+    # The sqrt-domain weight already uses the observed residual (model error included): no second inflation.
+    var = cov.diagonal().clamp_min(0).cpu().numpy() * (inflation if poisson else 1.0)
+    for k, i in enumerate(free_defocus):
         out["defocus_m"][i] = math.sqrt(var[k])
-    if want_theta:
-        out["theta_c_rad"] = float(theta0) * math.sqrt(var[len(free_df)])
+    if theta_c:
+        out["theta_c_rad"] = float(theta0) * math.sqrt(var[len(free_defocus)])
     return out
+
+
+@torch.no_grad()
+def phase_sigma_map(model, *, sqrt_var: float, inflation: float) -> np.ndarray:
+    """One-sigma map (rad) of the phase on the field of view; see the module docstring."""
+    m = model
+    im = m.im
+    t = im.transfer(m.defocus(), theta_c_rad=m.theta_c(), astig=tuple(m.astig()))
+    e2 = t.abs().square()
+    # sin^2 chi from T = E exp(-i chi): Im(T)^2 / |T|^2 (0 where E vanishes).
+    sin2 = torch.where(e2 > 0, t.imag.square() / e2.clamp_min(1e-30), torch.zeros_like(e2))
+    amp = m.amplitude_fov()
+    a2 = float(amp.square().mean())
+    info = (a2 * sin2 * e2).sum(dim=0) / (sqrt_var * inflation)
+    q = im.grid.q * im.pixel_size_m  # cycles per pixel
+    prior = (2 * math.pi * q) ** 4 / CURVATURE_SCALE**2
+    inv = 1.0 / (info + prior).double().clamp_min(1e-30)
+    inv[0, 0] = 0.0  # the mean phase is arbitrary
+    var_px = float(inv.mean())
+    local = (a2 / amp.double().square().clamp_min(1e-6)).cpu().numpy()
+    return np.sqrt(var_px * local)
