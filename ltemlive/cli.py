@@ -272,6 +272,11 @@ def _report(console, series, result, files) -> None:
     console.print(t)
     ts = result.theta_c_sigma_rad
     console.print(f"theta_c = {result.theta_c_rad:.3e}" + (f" ± {ts:.1e} rad" if ts == ts else " rad (fixed)"))
+    gy, gx = result.ramp_rad_per_m
+    if gy or gx:
+        console.print(f"phase ramp (part of the phase): d/dy {gy * 1e-6:+.4f}, d/dx {gx * 1e-6:+.4f} rad/um")
+    for w in result.warnings:
+        console.print(f"[yellow]note:[/] {w}", highlight=False)
     if series.truth is not None:
         from ltemlive.metrics import phase_accuracy, phase_rmse
 

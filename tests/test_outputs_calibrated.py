@@ -154,6 +154,7 @@ def tiny_result() -> ReconstructionResult:
         reg_weight=0.0,
         noise_level=0.01,
         padding="mirror",
+        phase_sigma=np.full((H, W), 0.05),
     )
 
 

@@ -50,6 +50,7 @@ RECONSTRUCTION_FILES = (
     "amplitude.tif",
     "induction_bx_t.tif",
     "induction_by_t.tif",
+    "phase_sigma.tif",
     "parameters.yaml",
     "reconstruction.h5",
     "phase.hspy",
@@ -168,6 +169,8 @@ def write_reconstruction(
     tif("amplitude.tif", result.amplitude, "1", "amplitude")
     tif("induction_bx_t.tif", bx, "T m", "induction B_x t")
     tif("induction_by_t.tif", by, "T m", "induction B_y t")
+    if result.phase_sigma is not None:
+        tif("phase_sigma.tif", result.phase_sigma, "rad", "phase one-sigma uncertainty")
 
     (out / "parameters.yaml").write_text(
         "# Refined microscope parameters (SI units) with one-sigma uncertainties.\n"
@@ -190,6 +193,7 @@ def write_reconstruction(
             ("tie_phase", result.tie_phase, "rad"),
             ("induction_bx_t", bx, "T m"),
             ("induction_by_t", by, "T m"),
+            *((("phase_sigma", result.phase_sigma, "rad"),) if result.phase_sigma is not None else ()),
         ):
             d = f.create_dataset(name, data=arr.astype(np.float32))
             d.attrs["unit"] = unit
