@@ -63,8 +63,11 @@ class GroupOptimiser:
             loss = self._opt.step(closure)
         except ValueError:  # the optics refused a non-finite trial point (e.g. defocus)
             loss = None
-        bad = loss is None or not torch.isfinite(torch.as_tensor(loss)).all()
-        bad = bad or any(not torch.isfinite(p).all() for p in self.params)
+        bad = loss is None or any(not torch.isfinite(p).all() for p in self.params)
+        if not bad:
+            # torch's L-BFGS returns the loss it started from: check where it ended.
+            with torch.no_grad():
+                bad = not bool(torch.isfinite(objective()).all())
         taken = max(self.n_iter - before, 1)
         if bad:
             with torch.no_grad():
