@@ -68,7 +68,8 @@ def main() -> None:
         d = r.phase - truth.phase
         d = d - d.mean()
         cover_phi.append(float(np.mean(np.abs(d) <= 2 * r.phase_sigma)))
-        print(f"  seed {seed:2d}: defocus |err|/sigma {z_df[-1]:6.2f} (err {np.mean(err / truth.defocus_m[free]) * 100:+.2f} %, "
+        rel = np.mean(err / truth.defocus_m[free]) * 100
+        print(f"  seed {seed:2d}: defocus |err|/sigma {z_df[-1]:6.2f} (err {rel:+.2f} %, "
               f"sigma {np.mean(r.defocus_sigma_m[free] / np.abs(truth.defocus_m[free])) * 100:.2f} %), theta_c "
               f"{z_th[-1]:6.2f}, phase pixels within 2 sigma {cover_phi[-1] * 100:5.1f} %, {times[-1]:.1f} s, "
               f"{r.stopped_because.split(' (')[0]}")

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from .camera import bin_mean
 from .constants import wavelength_m
-from .imaging import FrequencyGrid
+from .imaging import FrequencyGrid, incoherent_source
 from .phase import exit_wave
 from .specimens import make_specimen
 
@@ -133,12 +133,21 @@ class SpecimenField:
         else:
             psi_q = self._psi_q
         dy, dx = (float(v) * self.cfg.pixel_size_m for v in shift_px)
-        spec = psi_q * self._transfer(float(defocus_m))
         if dy or dx:
             # f(r - s) <-> F(q) exp(-2 pi i q.s); separable, so two 1-D ramps
-            spec = spec * np.exp(-2j * np.pi * self.freq.qy * dy) * np.exp(-2j * np.pi * self.freq.qx * dx)
-        wave = sfft.ifft2(spec, workers=-1)[self.crop]
-        return wave.real**2 + wave.imag**2
+            psi_q = psi_q * np.exp(-2j * np.pi * self.freq.qy * dy) * np.exp(-2j * np.pi * self.freq.qx * dx)
+        c = self.cfg
+        if c.coherence == "envelope" or c.theta_c_rad == 0:
+            wave = sfft.ifft2(psi_q * self._transfer(float(defocus_m)), workers=-1)[self.crop]
+            return wave.real**2 + wave.imag**2
+        # Incoherent sum over the source: each point a coherent image with the tilted transfer (no spatial envelope).
+        out = np.zeros(psi_q[self.crop].shape)
+        for weight, ty, tx in incoherent_source(c.theta_c_rad, c.voltage_v, c.source_points):
+            t = self.freq.transfer(float(defocus_m), c.voltage_v, c.cs_m, 0.0, c.focal_spread_m, c.astig_m,
+                                   c.astig_azimuth_rad, tilt=(ty, tx))
+            wave = sfft.ifft2(psi_q * t, workers=-1)[self.crop]
+            out += weight * (wave.real**2 + wave.imag**2)
+        return out
 
 
 def true_defocus(cfg: SimulationConfig, nominal_m) -> np.ndarray:

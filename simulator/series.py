@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,6 +37,11 @@ class SimulationConfig(BaseModel):
     voltage_v: float = Field(200e3, ge=1e4, le=3e6)
     cs_m: float = Field(1e-3, ge=-0.1, le=0.1)
     theta_c_rad: float = Field(1e-5, ge=0.0, le=1e-2)
+    #: partial spatial coherence: "incoherent" sums the images of a Gaussian source's points (physical);
+    #: "envelope" multiplies the wave by the quasi-coherent envelope E(q) (the textbook approximation)
+    coherence: Literal["incoherent", "envelope"] = "incoherent"
+    #: Gauss-Hermite points per axis for the incoherent source sum
+    source_points: int = Field(9, ge=1, le=25)
     focal_spread_m: float = Field(100e-9, ge=0.0, le=1e-5)
     astig_m: float = Field(0.0, ge=-1e-3, le=1e-3)
     astig_azimuth_rad: float = Field(0.0, ge=-2 * np.pi, le=2 * np.pi)

@@ -25,10 +25,13 @@ __all__ = [
     "SPECIMENS",
     "Specimen",
     "bloch_skyrmion_lattice",
+    "dome_island",
+    "magnetic_needle",
     "make_specimen",
     "neel_skyrmion_lattice",
     "resolution_pattern",
     "stripe_domains",
+    "vortex_array",
     "vortex_disc",
 ]
 
@@ -116,6 +119,12 @@ def _check_positive(**kw: float) -> None:
             raise ValueError(f"{k} must be positive and finite, got {v!r}")
 
 
+def _check_non_negative(**kw: float) -> None:
+    for k, v in kw.items():
+        if not (np.isfinite(v) and v >= 0):
+            raise ValueError(f"{k} must be >= 0 and finite, got {v!r}")
+
+
 def _tangential(y: np.ndarray, x: np.ndarray, sense: float) -> tuple[np.ndarray, np.ndarray]:
     """Unit vector circulating about the origin: sense=+1 turns from +x towards +y, i.e. (-y, x)/r."""
     r = np.hypot(x, y)
@@ -139,6 +148,7 @@ def vortex_disc(
     chirality: int = 1,
     polarity: int = 1,
     core_radius_m: float = 10e-9,
+    edge_width_m: float = 0.0,
     roughness_m: float = 0.0,
     roughness_corr_m: float = 20e-9,
     seed: int = 0,
@@ -147,11 +157,14 @@ def vortex_disc(
 
     The in-plane magnetisation circulates (chirality +1: from +x towards +y); an out-of-plane core
     of radius ``core_radius_m`` with sign ``polarity`` keeps |m| = 1 (it adds no phase at zero tilt).
+    ``edge_width_m`` (m) slopes the rim over that width (0: a vertical wall, anti-aliased over one pixel;
+    its electrostatic step sigma V0 t, ~7 rad at 50 nm and 20 V, then lies inside one pixel).
     """
     _check_positive(radius_m=radius_m, thickness_m=thickness_m, core_radius_m=core_radius_m)
+    _check_non_negative(edge_width_m=edge_width_m)
     y, x = _axes(shape, pixel_size_m)
     r = np.hypot(x, y)
-    cover = _coverage(r - radius_m, pixel_size_m)
+    cover = _coverage(r - radius_m, pixel_size_m, edge_width_m)
     material = cover > 0
     mz = polarity * np.exp(-((r / core_radius_m) ** 2))
     ip = np.sqrt(1.0 - mz**2)
@@ -246,12 +259,17 @@ def _skyrmion_lattice(
     mean_inner_potential_v,
     xi0_m,
     tilt_x_rad,
+    film_size_m,
+    film_edge_m,
     roughness_m,
     roughness_corr_m,
     seed,
 ) -> Specimen:
     _check_positive(lattice_period_m=lattice_period_m, radius_m=radius_m, wall_width_m=wall_width_m,
                     thickness_m=thickness_m)
+    if film_size_m is not None:
+        _check_positive(film_size_m=film_size_m)
+    _check_non_negative(film_edge_m=film_edge_m)
     if radius_m >= 0.5 * lattice_period_m:
         raise ValueError("radius_m must be smaller than half of lattice_period_m (skyrmions would overlap)")
     rng = np.random.default_rng(seed)
@@ -281,9 +299,17 @@ def _skyrmion_lattice(
         my, mz = ca * my - sa * mz, sa * my + ca * mz
         thickness_m = thickness_m / ca
     m = np.stack([mx, my, mz])
-    material = np.ones(shape, dtype=bool)
+    if film_size_m is None:
+        cover = np.ones(shape)
+    else:
+        # A square film patch on vacuum: the projected, tilt-rotated background (m_y = -sin(alpha) m_z) is a
+        # uniform in-plane moment whose flux closes outside the patch, so a tilted patch shows a phase ramp.
+        half = 0.5 * film_size_m
+        cover = _coverage(_sdf_box(half, half)(x, y), pixel_size_m, film_edge_m)
+    material = cover > 0
+    m = m * material
     thick = _apply_roughness(
-        np.full(shape, thickness_m), material, pixel_size_m, roughness_m, roughness_corr_m, seed + 1
+        thickness_m * cover, material, pixel_size_m, roughness_m, roughness_corr_m, seed + 1
     )
     return Specimen(m, b_sat_t, thick, mean_inner_potential_v, xi0_m, pixel_size_m, f"{kind}_skyrmion_lattice")
 
@@ -303,6 +329,8 @@ def bloch_skyrmion_lattice(
     b_sat_t: float = 0.5,
     mean_inner_potential_v: float = 20.0,
     xi0_m: float | None = None,
+    film_size_m: float | None = None,
+    film_edge_m: float = 50e-9,
     roughness_m: float = 0.0,
     roughness_corr_m: float = 20e-9,
     seed: int = 0,
@@ -311,6 +339,8 @@ def bloch_skyrmion_lattice(
 
     Core m_z = -background_polarity; in-plane m circulates around each core (helicity +1: from +x
     towards +y). ``disorder_m`` jitters the site positions (Gaussian, rms per axis).
+    ``film_size_m`` (m): side of a square film patch centred on the grid with vacuum beyond, its edge
+    sloped over ``film_edge_m``; None (default): the film covers the whole grid.
     """
     return _skyrmion_lattice(
         "bloch", shape, pixel_size_m, lattice_period_m=lattice_period_m, radius_m=radius_m,
@@ -318,7 +348,8 @@ def bloch_skyrmion_lattice(
         background_polarity=float(np.sign(background_polarity) or 1), lattice_angle_rad=lattice_angle_rad,
         disorder_m=disorder_m, thickness_m=thickness_m, b_sat_t=b_sat_t,
         mean_inner_potential_v=mean_inner_potential_v, xi0_m=xi0_m, tilt_x_rad=0.0,
-        roughness_m=roughness_m, roughness_corr_m=roughness_corr_m, seed=seed,
+        film_size_m=film_size_m, film_edge_m=film_edge_m, roughness_m=roughness_m,
+        roughness_corr_m=roughness_corr_m, seed=seed,
     )
 
 
@@ -338,6 +369,8 @@ def neel_skyrmion_lattice(
     b_sat_t: float = 0.5,
     mean_inner_potential_v: float = 20.0,
     xi0_m: float | None = None,
+    film_size_m: float | None = None,
+    film_edge_m: float = 50e-9,
     roughness_m: float = 0.0,
     roughness_corr_m: float = 20e-9,
     seed: int = 0,
@@ -347,6 +380,14 @@ def neel_skyrmion_lattice(
     A radial in-plane field has no curl, so at zero tilt Neel skyrmions give no magnetic phase -- as in
     a real microscope. ``tilt_x_rad`` tilts the specimen about x (thin-film projection approximation)
     to make them visible, as experimentalists do.
+
+    Tilting also turns the uniform background m_z into a uniform projected in-plane moment
+    (m_y = -sin(alpha) per unit projected thickness). On a film that covers the whole grid it adds no phase
+    (the q = 0 term; an infinite perpendicular film has B = 0); on a finite patch (``film_size_m``, side in m,
+    vacuum beyond, edge sloped over ``film_edge_m``) its flux closes outside the patch and the patch shows a
+    net phase ramp along x, a fraction of -(e / hbar) B t tan(alpha) set by the patch shape (a square's
+    demagnetising share) and the grid-mean moment that the periodic FFT removes (~15 % for a 912 nm square
+    on a 1.5 um grid), as a tilted specimen of finite size does.
     """
     if not abs(tilt_x_rad) < np.deg2rad(70):
         raise ValueError(f"tilt_x_rad must be within +-70 degrees, got {tilt_x_rad!r}")
@@ -356,7 +397,8 @@ def neel_skyrmion_lattice(
         background_polarity=float(np.sign(background_polarity) or 1), lattice_angle_rad=lattice_angle_rad,
         disorder_m=disorder_m, thickness_m=thickness_m, b_sat_t=b_sat_t,
         mean_inner_potential_v=mean_inner_potential_v, xi0_m=xi0_m, tilt_x_rad=tilt_x_rad,
-        roughness_m=roughness_m, roughness_corr_m=roughness_corr_m, seed=seed,
+        film_size_m=film_size_m, film_edge_m=film_edge_m, roughness_m=roughness_m,
+        roughness_corr_m=roughness_corr_m, seed=seed,
     )
 
 
@@ -506,8 +548,162 @@ def resolution_pattern(
     return Specimen(cv.m, b_sat_t, thick, mean_inner_potential_v, xi0_m, pixel_size_m, "resolution_pattern")
 
 
+def vortex_array(
+    shape: tuple[int, int],
+    pixel_size_m: float,
+    *,
+    rows: int = 2,
+    cols: int = 2,
+    pitch_m: float = 700e-9,
+    radius_m: float = 300e-9,
+    thickness_m: float = 50e-9,
+    b_sat_t: float = 1.0,
+    mean_inner_potential_v: float = 20.0,
+    xi0_m: float | None = None,
+    chirality: int = 1,
+    alternate_chirality: bool = True,
+    polarity: int = 1,
+    core_radius_m: float = 10e-9,
+    edge_width_m: float = 20e-9,
+    roughness_m: float = 0.0,
+    roughness_corr_m: float = 20e-9,
+    seed: int = 0,
+) -> Specimen:
+    """A ``rows`` x ``cols`` square array (centre-to-centre ``pitch_m``) of vortex discs in vacuum.
+
+    Each disc is a :func:`vortex_disc` of radius ``radius_m`` with its rim sloped over ``edge_width_m``
+    (m); the array is centred on the grid. The first disc (top left, smallest y and x) has
+    ``chirality``; with ``alternate_chirality`` its neighbours alternate in a checkerboard. Every disc
+    carries a cone of magnetic phase of height (e / hbar) B t R: a strong, smooth, low-frequency phase.
+    """
+    _check_positive(rows=rows, cols=cols, pitch_m=pitch_m, radius_m=radius_m, thickness_m=thickness_m,
+                    core_radius_m=core_radius_m)
+    _check_non_negative(edge_width_m=edge_width_m)
+    if 2.0 * radius_m + edge_width_m >= pitch_m:
+        raise ValueError("pitch_m must exceed 2 radius_m + edge_width_m (the discs would touch)")
+    y, x = _axes(shape, pixel_size_m)
+    y, x = np.broadcast_arrays(y, x)
+    cover = np.zeros(shape)
+    m = np.zeros((3, *shape))
+    base = float(np.sign(chirality) or 1)
+    for i in range(int(rows)):
+        for j in range(int(cols)):
+            cy, cx = (i - (rows - 1) / 2) * pitch_m, (j - (cols - 1) / 2) * pitch_m
+            yy, xx = y - cy, x - cx
+            r = np.hypot(xx, yy)
+            cov = _coverage(r - radius_m, pixel_size_m, edge_width_m)
+            inside = cov > 0
+            sense = base * (-1.0) ** (i + j) if alternate_chirality else base
+            mz = polarity * np.exp(-((r / core_radius_m) ** 2))
+            ip = np.sqrt(1.0 - mz**2)
+            tx, ty = _tangential(yy, xx, sense)
+            m[:, inside] = np.stack([ip * tx, ip * ty, mz])[:, inside]
+            cover = np.maximum(cover, cov)
+    material = cover > 0
+    thick = _apply_roughness(thickness_m * cover, material, pixel_size_m, roughness_m, roughness_corr_m, seed)
+    return Specimen(m, b_sat_t, thick, mean_inner_potential_v, xi0_m, pixel_size_m, "vortex_array")
+
+
+def dome_island(
+    shape: tuple[int, int],
+    pixel_size_m: float,
+    *,
+    radius_m: float = 300e-9,
+    max_thickness_m: float = 80e-9,
+    profile: str = "paraboloid",
+    b_sat_t: float = 1.0,
+    mean_inner_potential_v: float = 20.0,
+    xi0_m: float | None = 150e-9,
+    chirality: int = 1,
+    polarity: int = 1,
+    core_radius_m: float = 10e-9,
+    roughness_m: float = 0.0,
+    roughness_corr_m: float = 20e-9,
+    seed: int = 0,
+) -> Specimen:
+    """A dome-shaped magnetic island (e.g. a dewetted or self-assembled particle) in the vortex state.
+
+    The thickness falls from ``max_thickness_m`` at the centre to 0 at the rim r = ``radius_m``: a
+    ``"paraboloid"`` t0 (1 - r^2 / R^2) or a ``"spherical_cap"`` (the cap of height t0 and base radius R of a
+    sphere of radius (R^2 + t0^2) / (2 t0)). Both meet the substrate-free vacuum at a finite slope, so no
+    edge step: the electrostatic phase is a smooth dome sigma V0 t(r) (sigma V0 t0 at the centre), the
+    absorption exp(-t / xi0) is thickness dependent, and the vortex gives d phi / dr = -(e / hbar) B t(r)
+    (chirality +1 turns from +x towards +y; core of radius ``core_radius_m``, sign ``polarity``).
+    """
+    _check_positive(radius_m=radius_m, max_thickness_m=max_thickness_m, core_radius_m=core_radius_m)
+    y, x = _axes(shape, pixel_size_m)
+    r = np.hypot(x, y)
+    t0 = max_thickness_m
+    if profile == "paraboloid":
+        thick = t0 * np.clip(1.0 - (r / radius_m) ** 2, 0.0, None)
+    elif profile == "spherical_cap":
+        rs = (radius_m**2 + t0**2) / (2.0 * t0)
+        thick = np.clip(np.sqrt(np.clip(rs**2 - r**2, 0.0, None)) - (rs - t0), 0.0, None)
+    else:
+        raise ValueError(f"profile must be 'paraboloid' or 'spherical_cap', got {profile!r}")
+    material = thick > 0
+    mz = polarity * np.exp(-((r / core_radius_m) ** 2))
+    ip = np.sqrt(1.0 - mz**2)
+    tx, ty = _tangential(y, x, float(np.sign(chirality) or 1))
+    m = np.stack([ip * tx, ip * ty, mz * np.ones_like(tx)]) * material
+    thick = _apply_roughness(thick, material, pixel_size_m, roughness_m, roughness_corr_m, seed)
+    return Specimen(m, b_sat_t, thick, mean_inner_potential_v, xi0_m, pixel_size_m, "dome_island")
+
+
+def magnetic_needle(
+    shape: tuple[int, int],
+    pixel_size_m: float,
+    *,
+    width_m: float = 150e-9,
+    thickness_m: float = 60e-9,
+    length_m: float = 600e-9,
+    taper_length_m: float = 150e-9,
+    tip_x_m: float = 0.0,
+    tip_y_m: float = 0.0,
+    axis_angle_rad: float = np.pi / 2,
+    b_sat_t: float = 2.0,
+    mean_inner_potential_v: float = 20.0,
+    xi0_m: float | None = None,
+    edge_width_m: float = 15e-9,
+    roughness_m: float = 0.0,
+    roughness_corr_m: float = 20e-9,
+    seed: int = 0,
+) -> Specimen:
+    """A single-domain magnetic needle (e.g. an Fe bar or an MFM tip, B ~ 2 T) in vacuum.
+
+    A flat bar of width ``width_m`` and thickness ``thickness_m`` (sidewalls sloped over ``edge_width_m``)
+    whose tip, at (``tip_x_m``, ``tip_y_m``) from the grid centre, points along ``axis_angle_rad``
+    (from +x towards +y; default +y). Over the last ``taper_length_m`` the width narrows linearly to the
+    point; the bar is ``length_m`` long in total (tip to the flat far end). m is the unit vector along the
+    axis, pointing towards the tip. The flux (e / hbar) B t w of the bar (~27 rad at 2 T x 60 nm x 150 nm)
+    leaves through the taper and the far end: inside the bar, away from both, d phi / du = (e / hbar) B t
+    across it (u the transverse coordinate), and the stray field gives a large smooth phase in vacuum. Let
+    the far end lie outside the camera frame (in the simulation margin) for a needle that runs out of view.
+    """
+    _check_positive(width_m=width_m, thickness_m=thickness_m, length_m=length_m, taper_length_m=taper_length_m)
+    _check_non_negative(edge_width_m=edge_width_m)
+    if taper_length_m >= length_m:
+        raise ValueError("taper_length_m must be shorter than length_m")
+    y, x = _axes(shape, pixel_size_m)
+    ax, ay = np.cos(axis_angle_rad), np.sin(axis_angle_rad)
+    dx, dy = x - tip_x_m, y - tip_y_m
+    s = dx * ax + dy * ay  # along the axis, 0 at the tip, negative into the bar
+    u = -dx * ay + dy * ax  # across it
+    half = 0.5 * width_m * np.clip(-s / taper_length_m, 0.0, 1.0)
+    # Distance to the flanks (scaled by the taper's slope, exact on the parallel part), the tip and the far end.
+    sdf = np.maximum(np.maximum(np.abs(u) - half, s), -(s + length_m))
+    cover = _coverage(sdf, pixel_size_m, edge_width_m)
+    material = cover > 0
+    m = np.stack([np.full(shape, ax), np.full(shape, ay), np.zeros(shape)]) * material
+    thick = _apply_roughness(thickness_m * cover, material, pixel_size_m, roughness_m, roughness_corr_m, seed)
+    return Specimen(m, b_sat_t, thick, mean_inner_potential_v, xi0_m, pixel_size_m, "magnetic_needle")
+
+
 SPECIMENS: dict[str, Callable[..., Specimen]] = {
     "vortex_disc": vortex_disc,
+    "vortex_array": vortex_array,
+    "dome_island": dome_island,
+    "magnetic_needle": magnetic_needle,
     "bloch_skyrmion_lattice": bloch_skyrmion_lattice,
     "neel_skyrmion_lattice": neel_skyrmion_lattice,
     "stripe_domains": stripe_domains,

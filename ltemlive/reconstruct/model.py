@@ -100,6 +100,7 @@ class SeriesModel(torch.nn.Module):
         self.s = torch.nn.Parameter(torch.zeros(n, 2, **z) if shifts0 is None else shifts0.to(dev, dt).clone())
         self.k = torch.nn.Parameter(torch.zeros(n, **z) if log_scales0 is None else log_scales0.to(dev, dt).clone())
         self._transfer_cache: torch.Tensor | None = None
+        self._blur_cache: torch.Tensor | None = None
 
     # -- derived physical quantities ------------------------------------------------------------------
     def phase(self) -> torch.Tensor:
@@ -162,21 +163,26 @@ class SeriesModel(torch.nn.Module):
         a = self.astig()
         return self.im.transfer(self.defocus(), theta_c_rad=self.theta_c(), astig=(a[0], a[1]))
 
+    def source_blur(self) -> torch.Tensor | None:
+        a = self.astig()
+        return self.im.source_blur(self.defocus(), theta_c_rad=self.theta_c(), astig=(a[0], a[1]))
+
     def freeze_optics(self, frozen: bool) -> None:
         """Cache transfer function x shift ramp while the optics (defocus, theta_c, astigmatism, shifts)
         are not being changed: it halves the cost of a phase iteration."""
         if frozen:
             with torch.no_grad():
                 self._transfer_cache = self.transfer() * self.im.shift_ramp(self.shifts())
+                self._blur_cache = self.source_blur()
         else:
-            self._transfer_cache = None
+            self._transfer_cache = self._blur_cache = None
 
     def forward(self) -> torch.Tensor:
         spectrum = self.im.wave_spectrum(self.phase(), self.amplitude())
         if self._transfer_cache is not None:
-            images = self.im.propagate(spectrum, self._transfer_cache)
+            images = self.im.propagate(spectrum, self._transfer_cache, blur=self._blur_cache)
         else:
-            images = self.im.propagate(spectrum, self.transfer(), self.shifts())
+            images = self.im.propagate(spectrum, self.transfer(), self.shifts(), self.source_blur())
         return images * self.scales()[:, None, None]
 
     # -- warm starts and re-basing --------------------------------------------------------------------

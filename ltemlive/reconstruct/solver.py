@@ -85,6 +85,7 @@ class Reconstructor:
             padding=cfg.padding,
             device=self.device,
             dtype=self.dtype,
+            coherence=cfg.coherence,
         )
         mask = self.im.valid_mask if cfg.padding == "zero" else None
         self.objective = Objective(self.data, series.dose_e_per_px, cfg, mask=mask, warm=self.warm)
@@ -106,6 +107,8 @@ class Reconstructor:
         self.theta_c_refined = False
         self._start_state: dict | None = None
         self._optimisers: list[GroupOptimiser] = []
+        self._phase_opt: GroupOptimiser | None = None
+        self._check_block = self._reserve = 0
 
     def tensor(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
@@ -148,7 +151,10 @@ class Reconstructor:
         # scale: the common scale is set by data-only fits (calibration.py); per_image: the per-image differences
         # are refined by gradient on top, once the first scale fit has been made.
         per_image = f.defocus and self.cfg.defocus_model == "per_image" and self._defocus_on
-        pairs = ((m.r, per_image), (m.t, f.theta_c), (m.astig_uv, f.astigmatism), (m.s, f.shifts), (m.k, f.scales))
+        # theta_c only once the phase has settled at the nominal value (the first scale fit, or 30 % of the budget):
+        # freed from the start it compensated early phase errors and ran to its bound (dome island: 0.14x).
+        theta = f.theta_c and self._theta_on
+        pairs = ((m.r, per_image), (m.t, theta), (m.astig_uv, f.astigmatism), (m.s, f.shifts), (m.k, f.scales))
         return [p for p, on in pairs if on]
 
     # -- records --------------------------------------------------------------------------------------
@@ -212,6 +218,7 @@ class Reconstructor:
         """Run the reconstruction, yielding a snapshot after each block of iterations."""
         cfg, m = self.cfg, self.model
         self._defocus_on = False
+        self._theta_on = False
         self._inflation = 1.0
         yield self._record("start")
         self._start_state = self._save_state()
@@ -234,11 +241,15 @@ class Reconstructor:
 
         # The final defocus check re-fits the phase at the nominal defocus for one block: reserved in the budget, so
         # that max_iter is exact.
-        self._check_block = min(block, cfg.max_iter // 4) if refine_defocus else 0
+        # The final checks re-fit the phase at the nominal defocus / theta_c for one short block each: reserved in the
+        # budget, so that max_iter is exact.
+        n_checks = int(refine_defocus) + int(cfg.free.theta_c and phase_opt is not None)
+        self._check_block = min(block, cfg.max_iter // (4 * max(n_checks, 1))) if n_checks else 0
+        self._reserve = self._check_block * n_checks
         self._phase_opt = phase_opt
 
         def budget_left() -> int:
-            return cfg.max_iter - self._check_block - self.iterations
+            return cfg.max_iter - self._reserve - self.iterations
 
         def phase_block() -> None:
             phase_opt.set_block(min(block, budget_left()))
@@ -285,6 +296,12 @@ class Reconstructor:
                 stopping.reset()
                 continue
             settled = stopping.update()
+            late = self.iterations >= SCALE_FIT_AT[0] * cfg.max_iter
+            if not self._theta_on and (settled or late or not refine_defocus):
+                self._theta_on = True
+                if settled:
+                    stopping.reset()
+                    continue
             due = bool(scale_ranges) and self.iterations >= SCALE_FIT_AT[-len(scale_ranges)] * cfg.max_iter
             if refine_defocus and scale_ranges and (settled or due):
                 fit = fit_global_scale(
@@ -301,6 +318,7 @@ class Reconstructor:
                     if abs(fit["g"]) < 0.2 * fit["sigma_g"] and math.isfinite(fit["sigma_g"]):
                         scale_ranges.clear()
                 self._defocus_on = True
+                self._theta_on = True
                 phase_opt.reset()
                 stopping.reset()
                 yield self._record("defocus scale")
@@ -310,10 +328,9 @@ class Reconstructor:
                 break
         if self.stopped_because == "not run":
             self.stopped_because = "iteration cap"
-            nom = self.tensor(self.series.defocus_m)
-            unmoved = bool((m.defocus() - nom).abs().max() <= 1e-12 * float(nom.abs().max()))
-            if phase_opt is not None and unmoved and cfg.max_iter - self.iterations > 0:
-                self._check_block = 0  # no defocus check to reserve for: the budget goes to the phase
+            needed = self._check_block * (int(self._defocus_moved()) + int(self._theta_moved()))
+            if phase_opt is not None and cfg.max_iter - needed - self.iterations > 0:
+                self._reserve = needed  # checks that will not run leave their budget to the phase
                 phase_block()
         self._finish()
         yield self._record("checked")
@@ -329,6 +346,29 @@ class Reconstructor:
         return True
 
     # -- final checks ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _defocus_moved(self) -> bool:
+        nom = self.tensor(self.series.defocus_m)
+        return self.cfg.free.defocus and bool((self.model.defocus() - nom).abs().max() > 1e-12 * float(nom.abs().max()))
+
+    def _theta_moved(self) -> bool:
+        nom = self.series.microscope.theta_c_rad
+        return self.cfg.free.theta_c and nom > 0 and abs(float(self.model.theta_c()) / nom - 1) > 1e-6
+
+    def _refit_phase(self) -> bool:
+        """One check block of phase iterations (from the reserve); False when none is left."""
+        n = min(self._check_block, self.cfg.max_iter - self.iterations)
+        if self._phase_opt is None or n <= 0:
+            return False
+        opt = self._phase_opt
+        opt.reset()
+        opt.set_block(n)
+        with torch.enable_grad():
+            self.model.freeze_optics(True)
+            self.iterations += opt.step(self._total)
+            self.model.freeze_optics(False)
+        return True
+
     @torch.no_grad()
     def _finish(self) -> None:
         """What moved must be supported by the data; the fit must not be worse than its start."""
@@ -361,14 +401,7 @@ class Reconstructor:
                     best = (d, u)
             # The phase has co-adapted its detail to the refined defocus; give the nominal one the same chance.
             m.set_phase(state["phase"] * ratio * (1 + best[1]))
-            if self._check_block and self._phase_opt is not None and cfg.max_iter > self.iterations:
-                opt = self._phase_opt
-                opt.reset()
-                opt.set_block(max(1, cfg.max_iter - self.iterations))
-                with torch.enable_grad():
-                    m.freeze_optics(True)
-                    self.iterations += opt.step(self._total)
-                    m.freeze_optics(False)
+            if self._refit_phase():
                 best = (self._data_loss(), 0.0)
             nominal_state = self._save_state()
             gain = obj.evidence(best[0], inflation) - e_final
@@ -386,12 +419,13 @@ class Reconstructor:
                 e_final = obj.evidence(final_loss, inflation)
         # theta_c against its nominal value, the phase held.
         theta_nom = self.series.microscope.theta_c_rad
-        if cfg.free.theta_c and theta_nom > 0 and abs(float(m.theta_c()) / theta_nom - 1) > 1e-6:
-            t_now = m.t.detach().clone()
+        if self._theta_moved():
+            state = self._save_state()
             m.t.fill_(math.atanh(min(max(math.log(theta_nom / m.theta_c0) / 2.0, -0.999999), 0.999999)) * 2.0)
+            self._refit_phase()  # the phase co-adapted to the refined theta_c: the nominal one gets the same chance
             gain = obj.evidence(self._data_loss(), inflation) - e_final
             if significant(gain):
-                m.t.copy_(t_now)
+                self._load_state(state)
                 self.theta_c_refined = True
             else:
                 self.warnings.append(
@@ -405,24 +439,6 @@ class Reconstructor:
         start = self._start_state
         if start is None:
             return
-        # The ramp: a uniform in-plane induction shows only as image shifts in proportion to defocus, which noise
-        # barely pins down; the fit's ramp must beat the start's (two parameters) or the start's is restored.
-        if cfg.free.phase:
-            gy, gx = m.ramp_rad_per_px()
-            state = self._save_state()
-            m.set_phase(start["phase"])
-            sy, sx = m.ramp_rad_per_px()
-            self._load_state(state)
-            if math.hypot(gy - sy, gx - sx) > 0:
-                phase = m.phase()
-                m.set_phase(phase - (gy - sy) * m.plane_y - (gx - sx) * m.plane_x)
-                d_start_ramp = self._data_loss()
-                gain = obj.evidence(d_start_ramp, inflation) - e_final
-                self.ramp_check = {"fit_rad_per_px": (gy, gx), "start_rad_per_px": (sy, sx), "gain": gain}
-                if significant(gain, 2):
-                    self._load_state(state)
-                else:
-                    final_loss, e_final = d_start_ramp, obj.evidence(d_start_ramp, inflation)
         final_phase = m.phase_fov().detach().double().cpu().numpy()
         start_phase = start["phase"] if start["phase"].shape == m.im.shape else m.im.crop(start["phase"])
         start_fov = start_phase.double().cpu().numpy()
@@ -525,7 +541,6 @@ class Reconstructor:
                     "reference": self.reference,
                     "start_candidates": self.start_candidates,
                     "inflation": inflation,
-                    "ramp_check": getattr(self, "ramp_check", None),
                     "start_data_loss": getattr(self, "_start_loss", math.nan),
                 },
             )

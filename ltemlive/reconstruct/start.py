@@ -25,7 +25,15 @@ from ltemlive.tie import tie_reconstruct
 
 # Tikhonov cut-offs of the starting TIE, cycles per pixel: TIE's 1/q^2 amplifies low-frequency noise, a cut keeps
 # it out but also removes the smooth part of strong phases.
-TIE_Q_CUTS_PER_PX = (0.005, 0.001)
+TIE_Q_CUTS_PER_PX = (0.005, 0.001, None)
+
+
+def preconditioner_q0(cfg, series, wavelength_m: float) -> float:
+    """q0 in cycles/pixel (config.ReconstructionConfig.preconditioner_q0)."""
+    if cfg.preconditioner_q0 != "auto":
+        return float(cfg.preconditioner_q0)
+    df = float(np.abs(series.defocus_m).max())
+    return float(np.clip(series.pixel_size_m / math.sqrt(2 * wavelength_m * df), 0.02, 0.2))
 
 
 def linear_shift_slope(shifts_px: np.ndarray, defocus_m: np.ndarray, reference: int) -> np.ndarray:
@@ -89,7 +97,7 @@ class StartBuilder:
             theta_c0=theta_c0 if theta_c0 > 0 else 1e-6,
             astig0=astig0,
             shifts0=rec.tensor(shifts0),
-            preconditioner_q0=rec.cfg.preconditioner_q0,
+            preconditioner_q0=preconditioner_q0(rec.cfg, rec.series, rec.im.wavelength_m),
             reference=rec.reference,
             defocus_mode=rec.cfg.defocus_model,
             defocus_nominal_m=rec.series.defocus_m,
@@ -125,7 +133,7 @@ class StartBuilder:
             s.pixel_size_m,
             s.microscope.voltage_v,
             method=variant["method"],
-            tikhonov_q_cut=variant["q_cut_px"] / s.pixel_size_m,
+            tikhonov_q_cut=None if variant["q_cut_px"] is None else variant["q_cut_px"] / s.pixel_size_m,
         )
         return tie.phase.cpu().numpy()
 

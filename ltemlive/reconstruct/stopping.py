@@ -5,8 +5,9 @@ are compared with the one-sigma values:
 - phase: RMS change over the field of view (mean removed) against the RMS of the phase-sigma map;
 - defocus scale: against the sigma of the last data-only scale fit (when the defocus is refined);
 - theta_c: change of ln theta_c against its sigma (Fisher, computed once per settled stretch).
-The run has converged when every change stayed below STOP_FRACTION of its sigma for CONSECUTIVE blocks:
-at that rate the remaining movement (a geometric tail) is below the uncertainty. The iteration cap is the
+The remaining movement is estimated from the last change c and the ratio rho of successive changes as a
+geometric tail, c rho / (1 - rho) (rho capped at RHO_MAX: a slow run has a long tail). The run has converged
+when the change and its tail stayed below STOP_FRACTION of the sigma for CONSECUTIVE blocks. The iteration cap is the
 exception; the result says which rule ended the run.
 """
 
@@ -21,6 +22,7 @@ from ltemlive.reconstruct.uncertainty import parameter_uncertainty, phase_sigma_
 
 STOP_FRACTION = 0.1
 CONSECUTIVE = 2
+RHO_MAX = 0.95
 
 
 class StoppingRule:
@@ -31,6 +33,7 @@ class StoppingRule:
 
     def reset(self) -> None:
         self._prev: dict | None = None
+        self._last_changes: dict = {}
         self._count = 0
         self._sigma_log_theta: float | None = None
 
@@ -73,6 +76,12 @@ class StoppingRule:
                 s = sig["theta_c_rad"] / theta if math.isfinite(sig["theta_c_rad"]) else math.inf
                 self._sigma_log_theta = s if s > 0 else math.inf
             ratios["theta_c"] = abs(now["log_theta"] - prev["log_theta"]) / self._sigma_log_theta
+        # Tail of a geometric sequence of changes: what is still to come at the present rate.
+        for k, r in list(ratios.items()):
+            before = self._last_changes.get(k)
+            rho = RHO_MAX if before is None or before <= 0 else min(r / before, RHO_MAX)
+            self._last_changes[k] = r
+            ratios[k] = r + r * max(rho, 0.0) / (1 - max(rho, 0.0))
         self.last = ratios
         settled = all(r < STOP_FRACTION for r in ratios.values())
         self._count = self._count + 1 if settled else 0

@@ -25,6 +25,7 @@ import math
 import numpy as np
 import torch
 
+from ltemlive.optics.transfer import effective_defocus, envelope_from
 from ltemlive.reconstruct.objective import CURVATURE_SCALE
 
 
@@ -50,8 +51,9 @@ def parameter_uncertainty(
 
     def render(df, log_theta, alpha, log_scale):
         t = m.im.transfer(df, theta_c_rad=torch.exp(log_theta), astig=(a[0], a[1]))
+        blur = m.im.source_blur(df, theta_c_rad=torch.exp(log_theta), astig=(a[0], a[1]))
         spec = m.im.wave_spectrum(mean_phase + alpha * (phase0 - mean_phase), amp)
-        img = m.im.propagate(spec, t, shifts) * torch.exp(log_scale)[:, None, None]
+        img = m.im.propagate(spec, t, shifts, blur) * torch.exp(log_scale)[:, None, None]
         return img.clamp_min(1e-6)
 
     base_args = [df0, torch.log(theta0), torch.ones((), dtype=df0.dtype, device=df0.device), torch.log(scales0)]
@@ -107,6 +109,11 @@ def phase_sigma_map(model, *, sqrt_var: float, inflation: float) -> np.ndarray:
     m = model
     im = m.im
     t = im.transfer(m.defocus(), theta_c_rad=m.theta_c(), astig=tuple(m.astig()))
+    if im.coherence == "blur":
+        # The source blur damps the image's frequencies as the envelope damps the wave's (weak-object reading).
+        a_c, a_s = m.astig()
+        df_eff = effective_defocus(im.grid, m.defocus(), a_c, a_s)
+        t = t * envelope_from(im.grid, im.wavelength_m, df_eff, im.params.cs_m, m.theta_c(), 0.0)
     e2 = t.abs().square()
     # sin^2 chi from T = E exp(-i chi): Im(T)^2 / |T|^2 (0 where E vanishes).
     sin2 = torch.where(e2 > 0, t.imag.square() / e2.clamp_min(1e-30), torch.zeros_like(e2))
