@@ -1,0 +1,84 @@
+"""The reconstructor on each class of series that broke it (issue 9), simulated by our own simulator at test size
+(simulator/cases.py): AD must beat TIE on phase RMSE (means removed, no plane fit), and with an exact nominal
+defocus the refined defocus must stay within 0.5 % of it.
+
+Cases that do not meet a goal yet are marked xfail(strict=True) with the measured figures, so a fix shows up as an
+XPASS failure and the mark must be removed; bench/bench_recon.py prints the same table at full size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ltemlive.metrics import phase_rmse
+from ltemlive.reconstruct import ReconstructionConfig, reconstruct
+from ltemlive.sim_bridge import simulate
+from ltemlive.tie import tie_reconstruct
+from simulator.cases import CASES, config
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+MAX_ITER = 300
+
+# Measured on 2 cores, seed 0 (AD / TIE RMSE in rad; defocus error of an exact nominal).
+NOT_YET = {
+    ("dome_island", "rmse"): "AD 0.30 vs TIE 0.23 rad: theta_c runs to its bound (0.14x) with the phase's errors",
+    ("dome_island", "defocus"): "+1.1 to +1.3 % from an exact nominal",
+    ("magnetic_needle", "rmse"): "AD 2.6-5.5 vs TIE 2.1 rad: the stray-field ramp (25 rad across the frame) is lost",
+    ("bloch_skyrmions", "defocus"): "+0.5 to +1.3 % from an exact nominal",
+    ("weak_phase_absorbing", "defocus"): "-0.9 to +0.2 % from an exact nominal (varies with the run)",
+}
+
+
+# A result that varies across machines within the goal's margin: not strict (it may pass).
+UNSTABLE = {("weak_phase_absorbing", "defocus")}
+
+
+def _mark(name: str, goal: str):
+    reason = NOT_YET.get((name, goal))
+    return [pytest.mark.xfail(strict=(name, goal) not in UNSTABLE, reason=reason)] if reason else []
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case_result(request, single_thread):
+    name = request.param
+    series = simulate(config(name, size="test", seed=0))
+    result = reconstruct(series, ReconstructionConfig(max_iter=MAX_ITER))
+    tie = tie_reconstruct(series.images, series.defocus_m, series.pixel_size_m, series.microscope.voltage_v)
+    return name, series, result, tie.phase.cpu().numpy()
+
+
+def _check_rmse(case_result):
+    name, series, result, tie = case_result
+    ad, tie_rmse = phase_rmse(result.phase, series.truth.phase), phase_rmse(tie, series.truth.phase)
+    assert ad < tie_rmse, f"{name}: AD {ad:.3f} rad, TIE {tie_rmse:.3f} rad"
+    # Whatever it did, the fit is at least as consistent with the data as its start.
+    assert result.history[-1]["data_loss"] <= result.extras["start_data_loss"] * (1 + 1e-6)
+
+
+def _check_defocus(case_result):
+    name, series, result, _ = case_result
+    if CASES[name].nominal_over_true != 1.0:
+        pytest.skip("nominal defocus miscalibrated on purpose: the 0.5 % goal is for an exact nominal")
+    free = series.truth.defocus_m != 0
+    err = np.abs(result.defocus_m[free] / series.truth.defocus_m[free] - 1)
+    assert err.max() < 0.005, f"{name}: refined defocus {err.max() * 100:.2f} % from an exact nominal"
+
+
+def test_ad_beats_tie(case_result, request):
+    for m in _mark(case_result[0], "rmse"):
+        request.applymarker(m)
+    _check_rmse(case_result)
+
+
+def test_exact_nominal_defocus_stays(case_result, request):
+    for m in _mark(case_result[0], "defocus"):
+        request.applymarker(m)
+    _check_defocus(case_result)
+
+
+def test_run_reports_why_it_stopped(case_result):
+    _, _, result, _ = case_result
+    assert result.stopped_because.startswith(("converged", "iteration cap"))
+    assert result.iterations <= MAX_ITER
+    assert result.phase_sigma is not None and np.all(np.isfinite(result.phase_sigma))
