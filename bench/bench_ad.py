@@ -62,7 +62,7 @@ def eval_cost(rec: Reconstructor) -> float:
 
     def ev():
         m.c.grad = None
-        loss, _, _ = rec.objective()
+        loss, _, _ = rec.objective(rec.model)
         loss.backward()
 
     t = best_time(ev, sync=rec.device.type == "cuda")

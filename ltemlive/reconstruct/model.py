@@ -177,6 +177,22 @@ class SeriesModel(torch.nn.Module):
         else:
             self._transfer_cache = self._blur_cache = None
 
+    def fused_inputs(self) -> dict | None:
+        """While the optics are frozen: the arguments of a fused.FusedDataLoss call (phase and amplitude on the
+        padded grid, the cached transfer x shift ramp and source blur, the scales) and the crop offset, such
+        that the loss of forward() equals the fused loss to rounding. None otherwise."""
+        if self._transfer_cache is None:
+            return None
+        return dict(
+            phase=self.im._on_grid(self.phase(), "phase", fill=0.0),
+            amplitude=self.im._on_grid(self.amplitude(), "amplitude", fill=1.0),
+            transfer=self._transfer_cache,
+            blur=self._blur_cache,
+            scales=self.scales(),
+            top=self.im.top,
+            left=self.im.left,
+        )
+
     def forward(self) -> torch.Tensor:
         spectrum = self.im.wave_spectrum(self.phase(), self.amplitude())
         if self._transfer_cache is not None:

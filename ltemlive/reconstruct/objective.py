@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ltemlive.reconstruct.config import ReconstructionConfig
+from ltemlive.reconstruct.fused import FusedDataLoss
 from ltemlive.reconstruct.loss import (
     REGULARIZERS,
     estimate_sqrt_noise_variance,
@@ -55,6 +56,10 @@ class Objective:
         # A warm start is already near the optimum: no continuation.
         self.reg_weight = target * (1.0 if warm else REG_START)
         self.regularizer = REGULARIZERS.get(cfg.regularization)
+        # The data term of a phase iteration (optics frozen) by fused.FusedDataLoss instead of autograd through
+        # model(): the same value to rounding, a hand-written backward. Built on first use (it needs the crop).
+        self.use_fused = True
+        self._fused: FusedDataLoss | None = None
 
     # -- terms ----------------------------------------------------------------------------------------
     def data_loss(self, images: torch.Tensor) -> torch.Tensor:
@@ -62,13 +67,26 @@ class Objective:
             return poisson_loss(images, self.data, self.dose, self.mask)
         return sqrt_gaussian_loss(images, self.data, self.mask)
 
+    def model_data_loss(self, model) -> torch.Tensor:
+        """data_loss(model()), by the fused path while the model's optics are frozen."""
+        inputs = model.fused_inputs() if self.use_fused and hasattr(model, "fused_inputs") else None
+        if inputs is None:
+            return self.data_loss(model())
+        top, left = inputs.pop("top"), inputs.pop("left")
+        prep = self._fused
+        if prep is None or (prep.top, prep.left) != (top, left) or prep.target.dtype != inputs["phase"].dtype:
+            prep = self._fused = FusedDataLoss(
+                self.data, top=top, left=left, kind=self.kind, dose=self.dose, mask=self.mask
+            )
+        return prep(**inputs)
+
     def reg_loss(self, phase: torch.Tensor) -> torch.Tensor:
         if self.regularizer is None or self.reg_weight <= 0:
             return phase.new_zeros(())
         return self.regularizer(phase)
 
     def __call__(self, model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        d = self.data_loss(model())
+        d = self.model_data_loss(model)
         r = self.reg_loss(model.phase())
         return d + self.reg_weight * r, d, r
 

@@ -147,26 +147,36 @@ class StartBuilder:
         registrations = [zero]  # no drift: the start that keeps every shift linear in defocus in the phase
         if free_shifts:
             registrations += [s for s in prepare.registration_candidates(data, nominal) if np.abs(s).max() >= 0.5]
+        variants = self.tie_variants()
         best, record = None, []
-        for ri, shifts0 in enumerate(registrations):
+
+        def consider(ri: int, shifts0: np.ndarray, variant: dict):
+            nonlocal best
             aligned = prepare.fourier_shift(data, -shifts0)
             amplitude0 = prepare.starting_amplitude(aligned, nominal)
-            slope = linear_shift_slope(shifts0, nominal, rec.reference)
-            grad = ramp_per_px(slope, rec.series.pixel_size_m, rec.im.wavelength_m)
-            for variant in self.tie_variants():
-                tie_phase = self.tie_start(aligned, variant)
-                ramp = plane(tie_phase.shape, grad, torch.zeros((), dtype=torch.float64)).numpy()
-                model = self._model(tie_phase, amplitude0, shifts0, nominal, mic.theta_c_rad, (0.0, 0.0))
-                if np.any(grad != 0):
-                    with torch.no_grad():
-                        p = model.phase()
-                        model.set_phase(p + plane(tuple(p.shape), grad, p))
-                init_scales(model, rec.data)
-                if free_shifts:
-                    register_to_model(model, rec.data, nominal, 16.0)
+            grad = ramp_per_px(linear_shift_slope(shifts0, nominal, rec.reference), rec.series.pixel_size_m,
+                               rec.im.wavelength_m)
+            tie_phase = self.tie_start(aligned, variant)
+            ramp = plane(tie_phase.shape, grad, torch.zeros((), dtype=torch.float64)).numpy()
+            model = self._model(tie_phase, amplitude0, shifts0, nominal, mic.theta_c_rad, (0.0, 0.0))
+            if np.any(grad != 0):
                 with torch.no_grad():
-                    misfit = float(rec.objective.data_loss(model()))
-                record.append({"registration": ri, **variant, "misfit": misfit})
-                if best is None or misfit < best[0]:
-                    best = (misfit, model, tie_phase + ramp)
+                    p = model.phase()
+                    model.set_phase(p + plane(tuple(p.shape), grad, p))
+            init_scales(model, rec.data)
+            if free_shifts:
+                register_to_model(model, rec.data, nominal, 16.0)
+            with torch.no_grad():
+                misfit = float(rec.objective.data_loss(model()))
+            record.append({"registration": ri, **variant, "misfit": misfit})
+            if best is None or misfit < best[0]:
+                best = (misfit, model, tie_phase + ramp, ri)
+
+        # The registration first (with the first TIE variant), then the TIE variants on the registration kept:
+        # R + V - 1 candidates instead of R x V.
+        for ri, shifts0 in enumerate(registrations):
+            consider(ri, shifts0, variants[0])
+        chosen = best[3]
+        for variant in variants[1:]:
+            consider(chosen, registrations[chosen], variant)
         return best[1], best[2], record
