@@ -84,6 +84,7 @@ class SpecimenField:
         self.freq = FrequencyGrid(self.grid_shape, self.pixel_size_m)
         self._psi_q = sfft.fft2(self.amplitude * np.exp(1j * self.phase), workers=-1)
         self._transfer_cache: dict[float, np.ndarray] = {}
+        self._incoherent_cache: dict[tuple, np.ndarray] = {}
 
     # ground truth at camera pixels: block mean of the oversampled truth, cropped to the frame
     def truth(self) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +101,32 @@ class SpecimenField:
                 self._transfer_cache.pop(next(iter(self._transfer_cache)))
             self._transfer_cache[df] = t
         return t
+
+    def _incoherent(self, defocus_m: float, shift_m: tuple[float, float], magnification: float,
+                    rotation_rad: float) -> np.ndarray:
+        """Incoherent sum over the source: each point a coherent image with the tilted transfer (no spatial
+        envelope). The whole-grid sum is kept per (defocus, magnification, rotation): a drift moves the specimen
+        and therefore every source point's image alike, so it is applied to the sum (an exact periodic shift) and a
+        revisited defocus costs two real FFTs instead of a propagation per source point."""
+        c = self.cfg
+        key = (defocus_m, magnification, rotation_rad)
+        full = self._incoherent_cache.get(key)
+        if full is None:
+            psi_q = self._psi_q if (magnification, rotation_rad) == (1.0, 0.0) else self._affine_wave_q(
+                magnification, rotation_rad)
+            full = np.zeros(self.grid_shape)
+            for weight, ty, tx in incoherent_source(c.theta_c_rad, c.voltage_v, c.source_points):
+                t = self.freq.transfer(defocus_m, c.voltage_v, c.cs_m, 0.0, c.focal_spread_m, c.astig_m,
+                                       c.astig_azimuth_rad, tilt=(ty, tx))
+                wave = sfft.ifft2(psi_q * t, workers=-1)
+                full += weight * (wave.real**2 + wave.imag**2)
+            if len(self._incoherent_cache) >= 8:
+                self._incoherent_cache.pop(next(iter(self._incoherent_cache)))
+            self._incoherent_cache[key] = full
+        dy, dx = shift_m
+        if dy or dx:
+            full = _fourier_shift_real(full, dy, dx, self.freq)
+        return full[self.crop]
 
     def _affine_wave_q(self, magnification: float, rotation_rad: float) -> np.ndarray:
         """FFT of the exit wave magnified and rotated about the frame centre.
@@ -133,21 +160,23 @@ class SpecimenField:
         else:
             psi_q = self._psi_q
         dy, dx = (float(v) * self.cfg.pixel_size_m for v in shift_px)
-        if dy or dx:
+        if (dy or dx) and not (self.cfg.coherence == "incoherent" and self.cfg.theta_c_rad > 0):
             # f(r - s) <-> F(q) exp(-2 pi i q.s); separable, so two 1-D ramps
             psi_q = psi_q * np.exp(-2j * np.pi * self.freq.qy * dy) * np.exp(-2j * np.pi * self.freq.qx * dx)
         c = self.cfg
+        if c.coherence == "incoherent" and c.theta_c_rad > 0:
+            return self._incoherent(float(defocus_m), (dy, dx), magnification, rotation_rad)
         if c.coherence == "envelope" or c.theta_c_rad == 0:
             wave = sfft.ifft2(psi_q * self._transfer(float(defocus_m)), workers=-1)[self.crop]
             return wave.real**2 + wave.imag**2
-        # Incoherent sum over the source: each point a coherent image with the tilted transfer (no spatial envelope).
-        out = np.zeros(psi_q[self.crop].shape)
-        for weight, ty, tx in incoherent_source(c.theta_c_rad, c.voltage_v, c.source_points):
-            t = self.freq.transfer(float(defocus_m), c.voltage_v, c.cs_m, 0.0, c.focal_spread_m, c.astig_m,
-                                   c.astig_azimuth_rad, tilt=(ty, tx))
-            wave = sfft.ifft2(psi_q * t, workers=-1)[self.crop]
-            out += weight * (wave.real**2 + wave.imag**2)
-        return out
+
+
+def _fourier_shift_real(a: np.ndarray, dy: float, dx: float, freq: FrequencyGrid) -> np.ndarray:
+    """a(r - s) on the periodic grid (s in metres), by the real FFT."""
+    h, w = a.shape
+    qx = freq.qx[:, : w // 2 + 1]
+    ramp = np.exp(-2j * np.pi * freq.qy * dy) * np.exp(-2j * np.pi * np.abs(qx) * dx)
+    return sfft.irfft2(sfft.rfft2(a, workers=-1) * ramp, s=(h, w), workers=-1)
 
 
 def true_defocus(cfg: SimulationConfig, nominal_m) -> np.ndarray:

@@ -84,7 +84,7 @@ class FrequencyGrid:
         return t
 
 
-def incoherent_source(theta_c_rad: float, voltage_v: float, points: int = 9) -> list[tuple[float, float, float]]:
+def incoherent_source(theta_c_rad: float, voltage_v: float, points: int = 5) -> list[tuple[float, float, float]]:
     """Source points (weight, tilt_y, tilt_x in cycles/m) of a Gaussian source of semi-angle theta_c: illumination
     angles alpha distributed as exp(-|alpha|^2 / theta_c^2), by a points x points Gauss-Hermite product rule.
 
@@ -135,7 +135,7 @@ def image_series(
     astig_azimuth_rad: float = 0.0,
     aperture_q_max: float | None = None,
     coherence: str = "incoherent",
-    source_points: int = 9,
+    source_points: int = 5,
 ) -> np.ndarray:
     """Intensities I = |IFFT(FFT(A exp(i phi)) T)|^2, (N, H, W), normalised so vacuum is 1.
 

@@ -41,7 +41,7 @@ class SimulationConfig(BaseModel):
     #: "envelope" multiplies the wave by the quasi-coherent envelope E(q) (the textbook approximation)
     coherence: Literal["incoherent", "envelope"] = "incoherent"
     #: Gauss-Hermite points per axis for the incoherent source sum
-    source_points: int = Field(9, ge=1, le=25)
+    source_points: int = Field(5, ge=1, le=25)
     focal_spread_m: float = Field(100e-9, ge=0.0, le=1e-5)
     astig_m: float = Field(0.0, ge=-1e-3, le=1e-3)
     astig_azimuth_rad: float = Field(0.0, ge=-2 * np.pi, le=2 * np.pi)

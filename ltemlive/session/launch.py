@@ -30,7 +30,7 @@ from ltemlive.session.config import RunConfig
 
 __all__ = ["Child", "run_session"]
 
-STOP_GRACE_S = 2.0
+STOP_GRACE_S = 10.0  # a stop waits for the frame in flight (an exposure, a simulated image of the whole source)
 
 
 class Child:
