@@ -592,8 +592,10 @@ def test_sink_never_blocks_without_publisher(ctx, closing):
         s.emit("progress", {"i": i}, [img] if i % 2 else ())
         worst = max(worst, time.perf_counter() - t)
     total = time.monotonic() - t0
-    assert total < 5, total
-    assert worst < 0.1, worst
+    # A blocked send would wait for a peer forever; these bounds catch that, not speed (a busy CI machine once took
+    # 0.38 s for one emit).
+    assert total < 60, total
+    assert worst < 5, worst
     assert s.sent <= 16 and s.sent + s.dropped == 10_000 and s.errors == 0
     # what waited in the queue reaches a publisher that comes up later
     pub = Publisher(PublisherConfig(ingest_endpoint=f"tcp://127.0.0.1:{port}"), context=ctx).start()
