@@ -3,7 +3,7 @@
 defocus the refined defocus must stay within 0.5 % of it.
 
 Cases that do not meet a goal yet are marked xfail(strict=True) with the measured figures, so a fix shows up as an
-XPASS failure and the mark must be removed; bench/bench_recon.py prints the same table at full size.
+XPASS failure and the mark must be removed; bench/baseline_cases.py prints the same table at full size.
 """
 
 from __future__ import annotations
