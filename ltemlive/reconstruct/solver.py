@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from ltemlive.optics.forward import ImageModel
 from ltemlive.reconstruct import prepare
-from ltemlive.reconstruct.calibration import fit_global_scale, significant
+from ltemlive.reconstruct.calibration import EVIDENCE_PER_PARAMETER, fit_global_scale, significant
 from ltemlive.reconstruct.config import ReconstructionConfig
 from ltemlive.reconstruct.lbfgs import GroupOptimiser
 from ltemlive.reconstruct.objective import Objective
@@ -239,8 +239,6 @@ class Reconstructor:
         self._defocus_on = cfg.free.defocus and phase_opt is None
         stopping = StoppingRule(self)
 
-        # The final defocus check re-fits the phase at the nominal defocus for one block: reserved in the budget, so
-        # that max_iter is exact.
         # The final checks re-fit the phase at the nominal defocus / theta_c for one short block each: reserved in the
         # budget, so that max_iter is exact.
         n_checks = int(refine_defocus) + int(cfg.free.theta_c and phase_opt is not None)
@@ -252,10 +250,7 @@ class Reconstructor:
             return cfg.max_iter - self._reserve - self.iterations
 
         def phase_block() -> None:
-            phase_opt.set_block(min(block, budget_left()))
-            m.freeze_optics(True)
-            self.iterations += phase_opt.step(self._total)
-            m.freeze_optics(False)
+            self._phase_iterations(min(block, budget_left()))
             if cfg.free.phase and self._remove_vortices():
                 phase_opt.reset()
 
@@ -360,14 +355,17 @@ class Reconstructor:
         n = min(self._check_block, self.cfg.max_iter - self.iterations)
         if self._phase_opt is None or n <= 0:
             return False
-        opt = self._phase_opt
-        opt.reset()
-        opt.set_block(n)
+        self._phase_opt.reset()
         with torch.enable_grad():
-            self.model.freeze_optics(True)
-            self.iterations += opt.step(self._total)
-            self.model.freeze_optics(False)
+            self._phase_iterations(n)
         return True
+
+    def _phase_iterations(self, n: int) -> None:
+        """n phase iterations with the optics cached."""
+        self._phase_opt.set_block(n)
+        self.model.freeze_optics(True)
+        self.iterations += self._phase_opt.step(self._total)
+        self.model.freeze_optics(False)
 
     @torch.no_grad()
     def _finish(self) -> None:
@@ -385,8 +383,7 @@ class Reconstructor:
         # few phase scales, as in the scale fit).
         base_now = m.defocus().detach().clone()
         nom = self.tensor(nominal)
-        moved = cfg.free.defocus and bool((base_now - nom).abs().max() > 1e-12 * float(nom.abs().max()))
-        if moved:
+        if self._defocus_moved():
             state = self._save_state()
             free = nom != 0
             ratio = float((base_now[free] / nom[free]).mean()) if bool(free.any()) else 1.0
@@ -413,11 +410,11 @@ class Reconstructor:
                 self._load_state(nominal_state)
                 self.warnings.append(
                     f"defocus: the data do not support moving it from the nominal values (evidence gain {gain:.1f}, "
-                    f"needed {1.92 * n_free:.1f}); nominal kept"
+                    f"needed {EVIDENCE_PER_PARAMETER * n_free:.1f}); nominal kept"
                 )
                 final_loss = self._data_loss()
                 e_final = obj.evidence(final_loss, inflation)
-        # theta_c against its nominal value, the phase held.
+        # theta_c against its nominal value, the phase re-fitted there.
         theta_nom = self.series.microscope.theta_c_rad
         if self._theta_moved():
             state = self._save_state()
