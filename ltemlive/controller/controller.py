@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -114,6 +115,8 @@ class Controller:
         self._abort: str | None = None
         self._stop = False  # abort and skip the drain (Ctrl-C)
         self._results: dict[int, str] = {}  # series -> result status, once fully handled
+        #: compact feedback decisions (newest last, bounded): sent with every calibration event
+        self._calibration_history: deque[dict[str, Any]] = deque(maxlen=500)
         self._claimed: set[int] = set()  # series whose result is being or has been handled (first one wins)
         self.series_index = -1
         self.frame_index = -1
@@ -257,7 +260,15 @@ class Controller:
             series=series,
             accepted=decision.accepted,
         )
-        self._emit("calibration", record, ())
+        with self._lock:
+            self._calibration_history.append({
+                "series": series, "accepted": decision.accepted, "reason": decision.reason.split(":")[0][:40],
+                "estimate_scale": decision.estimate_scale, "sigma_scale": decision.sigma_scale,
+                "scale": decision.after.scale, "offset_m": decision.after.offset_m, "t_epoch_s": decision.t_epoch_s,
+            })
+            history = list(self._calibration_history)
+        # With the whole (bounded) history, so a watcher joining late draws the convergence at once.
+        self._emit("calibration", {**record, "history": history}, ())
 
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self) -> RunState:

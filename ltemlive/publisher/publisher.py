@@ -14,9 +14,15 @@ Three sockets, all bound here (the publisher is the stable side; sources and mon
   of the latest event of each topic) and ``stats``. The heartbeat re-states the last seq; it does not take
   a number of its own;
 * **snapshot** (ROUTER, ROUTER_MANDATORY): a ``SnapshotReq(topics)`` is answered, as separate messages to the
-  requester, with the stored events of those topics in seq order (the latest of each topic; the last
-  ``log_keep`` of ``log``) and then ``SnapshotEnd(last_seq=n)``. A vanished peer or a full queue is counted
-  (``snapshot_errors``), never raised.
+  requester, with the stored events of those topics in seq order (the latest of each topic from each source;
+  the last ``log_keep`` of ``log``) and then ``SnapshotEnd(last_seq=n)``. ``InfoReq`` is answered with
+  ``Info`` (the update stream's port, the heartbeat, the instance): a client needs only this one address.
+  ``ResultReq(series)`` is answered with that series' ``result`` event at full resolution (the last
+  ``results_keep`` are held) and ``SnapshotEnd``, or ``SnapshotEnd`` alone. A vanished peer or a full queue is
+  counted (``snapshot_errors``), never raised.
+
+Results (topic ``result``): sources send the finished maps at full resolution; the stream and the snapshots
+carry them downsampled to ``result_preview_px``; the full ones are kept for ``ResultReq``.
 
 Previews (events carrying arrays on ``preview_topics``, by default ``frame`` and ``recon``): at most one per
 ``preview_interval_s`` per topic is published. One that arrives sooner is held back and published when the
@@ -51,7 +57,17 @@ from loguru import logger
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ltemlive import wire
-from ltemlive.wire.updates import INGEST, SNAPSHOT_REQUESTS, TOPICS, UPDATES, Event, SnapshotEnd
+from ltemlive.wire.updates import (
+    INGEST,
+    SNAPSHOT_REQUESTS,
+    TOPICS,
+    UPDATES,
+    Event,
+    Info,
+    InfoReq,
+    ResultReq,
+    SnapshotEnd,
+)
 
 __all__ = ["STAT_KEYS", "Publisher", "PublisherConfig", "RateLimitedLog", "main", "serve"]
 
@@ -68,6 +84,9 @@ STAT_KEYS = (
     "send_errors",  # errors on the PUB socket (PUB normally drops silently instead)
     "snapshot_requests",  # messages taken from the snapshot socket, valid or not
     "snapshots_served",  # replies sent completely
+    "info_served",
+    "results_served",  # full-resolution results sent on request
+    "results_missing",  # result requests for a series no longer (or never) held
     "snapshot_errors",  # replies cut short: peer vanished (EHOSTUNREACH) or its queue full (EAGAIN)
     "heartbeats",
     "errors",  # unexpected exceptions while handling one message (a bug: logged with a traceback)
@@ -132,6 +151,14 @@ class PublisherConfig(BaseModel, extra="forbid"):
         description="Topics whose arrays are previews: throttled by preview_interval_s, limited by max_preview_px.",
     )
     log_keep: int = Field(50, ge=1, le=10000, description="Number of 'log' events kept for snapshots.")
+    results_keep: int = Field(
+        4, ge=0, le=100,
+        description="Finished reconstructions kept at full resolution for result requests (the memory they take "
+        "is results_keep x the size of one result).",
+    )
+    result_preview_px: int = Field(
+        512, ge=16, description="Largest side of the result maps on the update stream and in snapshots."
+    )
     require_finite: bool = Field(
         True, description="Refuse (as malformed) events whose float arrays contain NaN or infinity."
     )
@@ -182,7 +209,8 @@ class Publisher:
         self.instance = uuid.uuid4().hex[:12]
         self.stats: Counter[str] = Counter(dict.fromkeys(STAT_KEYS, 0))
         self._seq = 0
-        self._state: dict[str, tuple[int, list[Any]]] = {}  # topic -> (seq, encoded parts)
+        self._state: dict[tuple[str, str], tuple[int, list[Any]]] = {}  # (topic, source) -> (seq, encoded parts)
+        self._results: dict[int, tuple[int, list[Any]]] = {}  # series -> (seq, full-resolution parts)
         self._log: deque[tuple[int, list[Any]]] = deque(maxlen=self.config.log_keep)
         self._topic_seq: dict[str, int] = {}
         self._last_array_t: dict[str, float] = {}
@@ -395,6 +423,12 @@ class Publisher:
         self._seq += 1
         seq = self._seq
         msg = msg.model_copy(update={"seq": seq})
+        if msg.topic == "result" and arrays:
+            from ltemlive.publisher.sink import downsample  # sink imports this module
+
+            self._keep_result(msg, arrays)
+            px = self.config.result_preview_px
+            arrays = [downsample(a, px) if a.ndim == 2 and max(a.shape) > px else a for a in arrays]
         parts = UPDATES.encode(msg, arrays)
         self.stats["published"] += 1  # before sending: a subscriber holding the event sees it counted
         self._topic_seq[msg.topic] = seq
@@ -407,7 +441,16 @@ class Publisher:
         if msg.topic == "log":
             self._log.append((seq, parts))
         else:
-            self._state[msg.topic] = (seq, parts)
+            self._state[(msg.topic, msg.source)] = (seq, parts)
+
+    def _keep_result(self, msg: Event, arrays: Sequence[np.ndarray]) -> None:
+        keep = self.config.results_keep
+        if keep == 0 or msg.series is None:
+            return
+        self._results.pop(msg.series, None)
+        self._results[msg.series] = (msg.seq, UPDATES.encode(msg, arrays))
+        while len(self._results) > keep:
+            self._results.pop(next(iter(self._results)))
 
     def _heartbeat(self) -> None:
         payload = {
@@ -444,21 +487,42 @@ class Publisher:
             self._warn.warning("malformed_snapshot", "publisher: malformed snapshot request dropped: {}", exc)
             return
         identity = bytes(wire.buffer_of(frames[0]))
+        if isinstance(req, InfoReq):
+            self._send_reply(identity, [UPDATES.encode(self._info())])
+            self.stats["info_served"] += 1
+            return
+        end = UPDATES.encode(SnapshotEnd(last_seq=self._seq, seq=self._seq))
+        if isinstance(req, ResultReq):
+            series = req.series if req.series is not None else next(reversed(self._results), None)
+            held = self._results.get(series) if series is not None else None
+            self.stats["results_served" if held else "results_missing"] += 1
+            self._send_reply(identity, [held[1], end] if held else [end])
+            return
         wanted = [t for t in dict.fromkeys(req.topics) if t != "hb"]
-        items = [self._state[t] for t in wanted if t in self._state]
+        items = [v for (topic, _), v in self._state.items() if topic in wanted]
         if "log" in wanted:
             items.extend(self._log)
         items.sort(key=lambda item: item[0])
-        messages = [parts for _, parts in items]
-        messages.append(UPDATES.encode(SnapshotEnd(last_seq=self._seq, seq=self._seq)))
+        if self._send_reply(identity, [*(parts for _, parts in items), end]):
+            self.stats["snapshots_served"] += 1
+
+    def _info(self) -> Info:
+        endpoint = self.endpoints["updates"]
+        port = None
+        if endpoint.startswith("tcp://"):
+            port = int(endpoint.rsplit(":", 1)[1])
+        return Info(updates_port=port, updates_endpoint=endpoint, heartbeat_s=self.config.heartbeat_s,
+                    instance=self.instance, last_seq=self._seq, seq=self._seq)
+
+    def _send_reply(self, identity: bytes, messages: list[list[Any]]) -> bool:
         for parts in messages:
             try:
                 self._snapshot.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone; EAGAIN: its queue is full
                 self.stats["snapshot_errors"] += 1
                 self._warn.warning("snapshot_error", "publisher: snapshot reply not sent: {}", exc)
-                return
-        self.stats["snapshots_served"] += 1
+                return False
+        return True
 
 
 # -- the process -------------------------------------------------------------------------------------------

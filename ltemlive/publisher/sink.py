@@ -85,7 +85,10 @@ class EventSink:
     def closed(self) -> bool:
         return self._sock is None
 
-    def emit(self, topic: str, payload: dict[str, Any] | None = None, arrays: Sequence[np.ndarray] = ()) -> bool:
+    def emit(
+        self, topic: str, payload: dict[str, Any] | None = None, arrays: Sequence[np.ndarray] = (),
+        series: int | None = None,
+    ) -> bool:
         """Queue one event; never blocks. True if queued, False if dropped (see the class docstring)."""
         if topic not in TOPICS or topic == "hb":
             raise ValueError(f"unknown topic {topic!r}; topics are {[t for t in TOPICS if t != 'hb']}")
@@ -95,7 +98,10 @@ class EventSink:
         self._seq += 1
         try:
             safe = wire.json_safe(dict(payload or {}))
-            msg = Event(topic=topic, source=self.source, session=self.session, seq=self._seq, payload=safe)
+            if series is None and isinstance(safe.get("series"), int) and safe["series"] >= 0:
+                series = safe["series"]
+            msg = Event(topic=topic, source=self.source, session=self.session, seq=self._seq, series=series,
+                        payload=safe)
             frames = INGEST.encode(msg, arrays)
             if len(frames[1]) > wire.MAX_HEADER_BYTES:
                 raise ValueError(f"header of {len(frames[1])} bytes exceeds {wire.MAX_HEADER_BYTES}")

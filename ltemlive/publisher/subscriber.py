@@ -13,6 +13,10 @@
 
 Everything happens inside :meth:`Subscriber.poll`, which waits at most ``timeout_s``; nothing blocks longer.
 Not thread-safe: use it from one thread.
+
+A watcher that knows only the publisher's snapshot address (what ``ltemlive run`` prints) uses
+:meth:`Subscriber.at`, which asks the publisher where its update stream is (``InfoReq``) first;
+:func:`fetch_result` gets a finished reconstruction at full resolution.
 """
 
 from __future__ import annotations
@@ -28,9 +32,78 @@ import zmq
 
 from ltemlive import wire
 from ltemlive.publisher.publisher import RateLimitedLog
-from ltemlive.wire.updates import SNAPSHOT_REQUESTS, TOPICS, UPDATES, Event, SnapshotEnd, SnapshotReq
+from ltemlive.wire.updates import (
+    SNAPSHOT_REQUESTS,
+    TOPICS,
+    UPDATES,
+    Event,
+    Info,
+    InfoReq,
+    ResultReq,
+    SnapshotEnd,
+    SnapshotReq,
+)
 
-__all__ = ["Subscriber"]
+__all__ = ["PublisherUnreachable", "Subscriber", "fetch_result", "publisher_info"]
+
+
+class PublisherUnreachable(TimeoutError):
+    """Nothing that speaks the update protocol answered at the address in time."""
+
+
+def _ask(address: str, request, timeout_s: float, context: zmq.Context | None,
+         max_msg_bytes: int = 1 << 30) -> list[tuple[Any, list[np.ndarray]]]:
+    """One request on the snapshot socket; the replies up to and including the one that ends it."""
+    ctx = context if context is not None else zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        wire.configure(sock, max_msg_bytes=max_msg_bytes, sndhwm=4)
+        sock.connect(address)
+        sock.send_multipart(SNAPSHOT_REQUESTS.encode(request), zmq.NOBLOCK)
+        deadline = time.monotonic() + timeout_s
+        out: list[tuple[Any, list[np.ndarray]]] = []
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(math.ceil(left * 1000), zmq.POLLIN):
+                break
+            try:
+                msg, arrays = UPDATES.decode(sock.recv_multipart(copy=False))
+            except wire.WireError:
+                continue
+            out.append((msg, [a.copy() for a in arrays]))
+            if isinstance(msg, Info | SnapshotEnd):
+                return out
+        raise PublisherUnreachable(f"no ltemlive publisher answered at {address} within {timeout_s:g} s")
+    except zmq.ZMQError as exc:
+        raise PublisherUnreachable(f"cannot reach {address}: {exc}") from None
+    finally:
+        sock.close(linger=0)
+
+
+def publisher_info(address: str, *, timeout_s: float = 3.0, context: zmq.Context | None = None) -> Info:
+    """The publisher's ``Info`` (update stream port, heartbeat, instance); PublisherUnreachable if none."""
+    msg, _ = _ask(address, InfoReq(), timeout_s, context)[-1]
+    assert isinstance(msg, Info)
+    return msg
+
+
+def updates_endpoint_for(address: str, info: Info) -> str:
+    """The update stream's address as seen from this client: the host it reached ``address`` at."""
+    if address.startswith("tcp://") and info.updates_port is not None:
+        host = address[len("tcp://"):].rsplit(":", 1)[0]
+        return f"tcp://{host}:{info.updates_port}"
+    return info.updates_endpoint
+
+
+def fetch_result(
+    address: str, series: int | None = None, *, timeout_s: float = 10.0, context: zmq.Context | None = None
+) -> Update | None:
+    """A finished reconstruction at full resolution from the publisher at ``address`` (its snapshot socket):
+    ``(event, [phase, amplitude])``, or None when the publisher no longer holds that series."""
+    replies = _ask(address, ResultReq(series=series), timeout_s, context)
+    for msg, arrays in replies:
+        if isinstance(msg, Event) and msg.topic == "result":
+            return msg, arrays
+    return None
 
 Update = tuple[Event, list[np.ndarray]]
 
@@ -106,6 +179,15 @@ class Subscriber:
             self.close()
             raise
 
+    @classmethod
+    def at(cls, address: str, topics: Iterable[str] | None = None, *, timeout_s: float = 3.0,
+           context: zmq.Context | None = None, **kwargs: Any) -> Subscriber:
+        """Follow the publisher whose snapshot socket is at ``address``: asks it where its update stream is.
+        Raises PublisherUnreachable when nothing answers within ``timeout_s``."""
+        info = publisher_info(address, timeout_s=timeout_s, context=context)
+        kwargs.setdefault("heartbeat_s", info.heartbeat_s)
+        return cls(updates_endpoint_for(address, info), address, topics, context=context, **kwargs)
+
     # -- properties -----------------------------------------------------------------------------------------
     @property
     def alive(self) -> bool:
@@ -167,8 +249,8 @@ class Subscriber:
             if msg.topic in self.topics:
                 self._snap_events.append((msg, arrays))
             return
-        assert isinstance(msg, SnapshotEnd)
-        self._apply_snapshot(msg.last_seq, out)
+        if isinstance(msg, SnapshotEnd):
+            self._apply_snapshot(msg.last_seq, out)
 
     def _apply_snapshot(self, last_seq: int, out: list[Update]) -> None:
         events = sorted(self._snap_events, key=lambda u: u[0].seq)

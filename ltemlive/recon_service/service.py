@@ -52,6 +52,22 @@ class _Series:
     end: fm.End | None = None
     bad: str = ""
     warm_from_previous: bool = False
+    #: (iteration, loss, data_loss) of every step, for the loss curve a late-joining watcher draws at once
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+
+
+#: seconds between two "worker" events (the reconstructor's liveness for watchers)
+WORKER_STATUS_S = 1.0
+#: points of the loss history sent with each preview
+HISTORY_POINTS = 300
+
+
+def _thin(history: list[tuple[int, float, float]], n: int = HISTORY_POINTS) -> list[list[float]]:
+    """At most n rows, evenly spread, always with the last."""
+    if len(history) <= n:
+        return [list(r) for r in history]
+    idx = np.unique(np.linspace(0, len(history) - 1, n).round().astype(int))
+    return [list(history[i]) for i in idx]
 
 
 class ReconstructorService:
@@ -84,6 +100,8 @@ class ReconstructorService:
         self.stats: Counter[str] = Counter()
         self._warm: ReconstructionResult | None = None
         self._warm_key: tuple | None = None
+        #: what the compute thread is doing, for the "worker" events: (state, series)
+        self._activity: tuple[str, int | None] = ("idle", None)
         import torch
 
         if config.threads:
@@ -110,10 +128,13 @@ class ReconstructorService:
                     self._took()
                     active = self._on_item(active, item)
                 if active is None:
+                    self._activity = ("idle", None)
                     continue
+                self._activity = ("reconstructing" if active.stream.ready else "receiving", active.start.series)
                 if active.end is not None:
                     self._finish(active, stop)
                     active = None
+                    self._activity = ("idle", None)
                 elif busy and item is None and not active.bad:
                     snap = self._step(active)
                     now = time.monotonic()
@@ -184,12 +205,14 @@ class ReconstructorService:
         )
         logger.info("series {}: started ({} images planned{})", start.series, start.n_planned,
                     ", warm start" if warm is not None else "")
-        self._event("progress", {"series": start.series, "stage": "receiving", "worker": self.cfg.worker})
         return _Series(start=start, stream=stream, warm_from_previous=warm is not None)
 
     def _step(self, s: _Series):
         try:
-            return s.stream.step()
+            snap = s.stream.step()
+            if snap is not None:
+                s.history.append((int(snap.iteration), float(snap.loss), float(snap.data_loss)))
+            return snap
         except Exception as exc:
             s.bad = f"reconstruction failed: {type(exc).__name__}: {exc}"
             logger.warning("series {}: {}", s.start.series, s.bad)
@@ -258,27 +281,33 @@ class ReconstructorService:
 
     def _progress(self, s: _Series, snap, *, final: bool, result: ReconstructionResult | None = None) -> None:
         if final and result is not None:
-            phase = result.phase
+            # Full resolution: the publisher sends previews on its stream and keeps these for result requests.
             payload = {"series": s.start.series, "stage": "done", "iterations": result.iterations,
+                       "stopped_because": result.stopped_because, "elapsed_s": result.elapsed_s,
                        "defocus_m": result.defocus_m, "defocus_sigma_m": result.defocus_sigma_m,
                        "defocus_nominal_m": result.defocus_nominal_m, "theta_c_rad": result.theta_c_rad,
-                       "pixel_size_m": s.start.pixel_size_m, "worker": self.cfg.worker}
-            self._event("result", payload, [downsample(phase.astype(np.float32), self.cfg.preview_px)])
+                       "pixel_size_m": s.start.pixel_size_m, "shape": list(result.phase.shape),
+                       "warnings": list(result.warnings), "worker": self.cfg.worker,
+                       "history": _thin(s.history)}
+            self._event("result", payload,
+                        [result.phase.astype(np.float32), result.amplitude.astype(np.float32)], series=s.start.series)
             return
         if snap is None:
             return
         payload = {"series": s.start.series, "stage": snap.stage, "iteration": snap.iteration,
                    "loss": snap.loss, "data_loss": snap.data_loss, "defocus_m": snap.defocus_m,
                    "theta_c_rad": snap.theta_c_rad, "n_images": len(s.stream.images),
-                   "pixel_size_m": s.start.pixel_size_m, "worker": self.cfg.worker}
+                   "pixel_size_m": s.start.pixel_size_m, "worker": self.cfg.worker,
+                   "history": _thin(s.history)}
         arrays = []
         if s.stream._rec is not None:
             try:
                 phase = s.stream._rec.model.phase_fov().detach().cpu().numpy().astype(np.float32)
+                payload["shape"] = list(phase.shape)
                 arrays = [downsample(phase, self.cfg.preview_px)]
             except Exception:  # a preview is a nicety
                 arrays = []
-        self._event("recon", payload, arrays)
+        self._event("recon", payload, arrays, series=s.start.series)
 
     def _send_result(self, series: int, status: str, reason: str, parameters=None, provenance=None, arrays=()):
         msg = cm.Result(
@@ -287,8 +316,14 @@ class ReconstructorService:
         )
         self._outbox.put(("result", msg, list(arrays)))
 
-    def _event(self, topic: str, payload: dict, arrays=()) -> None:
-        self._outbox.put(("event", topic, payload, list(arrays)))
+    def _event(self, topic: str, payload: dict, arrays=(), series: int | None = None) -> None:
+        self._outbox.put(("event", topic, payload, list(arrays), series))
+
+    def _worker_event(self, sink: EventSink, peer_alive: bool) -> None:
+        state, series = self._activity
+        sink.emit("worker", {"worker": self.cfg.worker, "state": state, "series": series,
+                             "interval_s": WORKER_STATUS_S, "acquisition_side_alive": peer_alive,
+                             "frames": self.stats["frames"], "series_failed": self.stats["series_failed"]})
 
     # -- I/O thread ---------------------------------------------------------------------------------------
     def _io_main(self) -> None:
@@ -305,6 +340,7 @@ class ReconstructorService:
         if self.events_endpoint:
             sink = EventSink(self.events_endpoint, source=self.cfg.worker, session=self.session, context=self._ctx)
         unacked: dict[int, tuple[cm.Result, list[np.ndarray], float]] = {}
+        next_status = 0.0
         was_alive = True
         seq = 0
         self._io_ready.set()
@@ -325,8 +361,11 @@ class ReconstructorService:
                         _, msg, arrays = out
                         unacked[msg.series] = (msg, arrays, 0.0)
                     elif sink is not None:
-                        sink.emit(out[1], wire.json_safe(out[2]), out[3])
+                        sink.emit(out[1], wire.json_safe(out[2]), out[3], series=out[4])
                 now = time.monotonic()
+                if sink is not None and now >= next_status:
+                    next_status = now + WORKER_STATUS_S
+                    self._worker_event(sink, client.alive)
                 for series, (msg, arrays, sent_at) in list(unacked.items()):
                     if now - sent_at >= self.cfg.result_retry_s:
                         msg = msg.model_copy(update={"seq": seq})
@@ -363,4 +402,6 @@ class ReconstructorService:
             client.close(say_bye=True)  # its series go back to the pool at once, not after a timeout
             ctl.close(linger=0)
             if sink is not None:
+                self._activity = ("stopped", None)
+                self._worker_event(sink, client.alive)
                 sink.close()

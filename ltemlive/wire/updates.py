@@ -8,7 +8,12 @@ every topic on a snapshot ROUTER for late joiners (zguide "Clone").
     source -> publisher      EVENT {topic, source, payload} + arrays (previews)
     publisher -> subscriber  [topic, LTEMUPD, EVENT (seq set by the publisher), *arrays]
     client -> snapshot       SNAPSHOT_REQ {topics}
-    snapshot -> client       EVENT ... (latest of each topic), then SNAPSHOT_END {seq}
+    snapshot -> client       EVENT ... (latest of each topic and source), then SNAPSHOT_END {seq}
+    client -> snapshot       INFO_REQ
+    snapshot -> client       INFO {updates_port, heartbeat_s, instance, last_seq}
+    client -> snapshot       RESULT_REQ {series}   (series None: the latest)
+    snapshot -> client       EVENT topic "result" with the full-resolution arrays, then SNAPSHOT_END {seq};
+                             SNAPSHOT_END alone when the publisher no longer holds that series
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ VERSION = 1
 
 #: status: run state; progress: series/frame counters; frame: a frame reached disk; recon: reconstruction
 #: progress (loss, preview); result: a finished reconstruction; calibration: a feedback decision;
-#: log: notable events (warnings, aborts); hb: the publisher's heartbeat
-TOPICS = ("status", "progress", "frame", "recon", "result", "calibration", "log", "hb")
+#: log: notable events (warnings, aborts); worker: a reconstructor worker's own state, every few seconds (its
+#: liveness); hb: the publisher's heartbeat
+TOPICS = ("status", "progress", "frame", "recon", "result", "calibration", "log", "worker", "hb")
 
 Topic = Literal[TOPICS]  # type: ignore[valid-type]
 
@@ -47,6 +53,29 @@ class SnapshotEnd(Envelope):
     last_seq: int = 0
 
 
+class InfoReq(Envelope):
+    """What a client that knows only the snapshot address asks first: where is the update stream?"""
+
+    type: Literal["info_req"] = "info_req"
+
+
+class Info(Envelope):
+    type: Literal["info"] = "info"
+    #: the update stream's port on the host the client reached the snapshot socket at (tcp), or its ipc address
+    updates_port: int | None = None
+    updates_endpoint: str = ""
+    heartbeat_s: float = 1.0
+    instance: str = ""
+    last_seq: int = 0
+
+
+class ResultReq(Envelope):
+    """Ask for a finished reconstruction at full resolution (the stream carries previews)."""
+
+    type: Literal["result_req"] = "result_req"
+    #: ``series`` (the Envelope field) names the series; None asks for the latest
+
+
 INGEST = Channel(PROTOCOL_ID, VERSION, [Event])
-UPDATES = Channel(PROTOCOL_ID, VERSION, [Event, SnapshotEnd])
-SNAPSHOT_REQUESTS = Channel(PROTOCOL_ID, VERSION, [SnapshotReq])
+UPDATES = Channel(PROTOCOL_ID, VERSION, [Event, SnapshotEnd, Info])
+SNAPSHOT_REQUESTS = Channel(PROTOCOL_ID, VERSION, [SnapshotReq, InfoReq, ResultReq])
