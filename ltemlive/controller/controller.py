@@ -116,7 +116,7 @@ class Controller:
         self._stop = False  # abort and skip the drain (Ctrl-C)
         self._results: dict[int, str] = {}  # series -> result status, once fully handled
         #: compact feedback decisions (newest last, bounded): sent with every calibration event
-        self._calibration_history: deque[dict[str, Any]] = deque(maxlen=500)
+        self._calibration_history: deque[dict[str, Any]] = deque(maxlen=200)  # 200 x ~220 B < MAX_HEADER_BYTES
         self._claimed: set[int] = set()  # series whose result is being or has been handled (first one wins)
         self.series_index = -1
         self.frame_index = -1
