@@ -18,6 +18,8 @@ examples:
   ltemlive run --config my-session.yaml              the same with your plan / instrument
   ltemlive serve controller --config split.yaml      one role of a session, for deployments across hosts
   ltemlive control tcp://127.0.0.1:PORT pause        pause (resume, abort, freeze_feedback...) a running session
+  ltemlive monitor tcp://HOST:PORT                   watch a running session in the terminal (PORT: its "watch" port)
+  ltemlive dashboard tcp://HOST:PORT --control tcp://HOST:PORT2   the same in a web browser, with pause/abort
   ltemlive replay runs/demo-....h5                   reconstruct a recorded run again through the service
   ltemlive demo --out runs/demo                      simulate a series and reconstruct it (offline)
   ltemlive simulate --config config/simulate.yaml --out series.h5
@@ -93,6 +95,41 @@ def build_parser() -> argparse.ArgumentParser:
                  "reset_feedback"],
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply (default 5)")
+
+    p = sub.add_parser(
+        "monitor",
+        help="watch a running session in the terminal: state, progress, loss, defocus, calibration, alerts",
+        description="Follow a running session's update stream in a live terminal view: run state, series "
+        "progress, reconstruction loss, refined vs nominal defocus, the defocus calibration and alerts (no frame "
+        "for N s, series aborted, reconstructor down, feedback rejected). ADDRESS is the publisher's snapshot "
+        "address that ltemlive run prints as 'watch:' (tcp://HOST:PORT). Read-only. Ctrl-C leaves.",
+    )
+    p.add_argument("address", help="the publisher's snapshot address, e.g. tcp://microscope-pc:7106")
+    p.add_argument("--no-frame-s", type=float, default=30.0,
+                   help="alert when the run acquires but no frame arrived for this long (default 30 s)")
+    p.add_argument("--timeout", type=float, default=3.0,
+                   help="seconds to wait for the publisher to answer before giving up (default 3)")
+    p.add_argument("--once", action="store_true", help="print the current state once and exit (for scripts)")
+
+    p = sub.add_parser(
+        "dashboard",
+        help="serve a web page that shows a running session live, with pause/resume/abort for the operator",
+        description="Serve a web dashboard of a running session: the live phase, the colour-wheel induction "
+        "map, the amplitude, the loss curve, the defocus and calibration history and the run state. Anyone who "
+        "can reach the page sees it; pause, resume and abort need the operator token (printed at start, or "
+        "--token / LTEMLIVE_DASHBOARD_TOKEN). ADDRESS is the publisher's snapshot address ('watch:' in the "
+        "output of ltemlive run).",
+    )
+    p.add_argument("address", help="the publisher's snapshot address, e.g. tcp://microscope-pc:7106")
+    p.add_argument("--control", default=None,
+                   help="the controller's control endpoint; without it the page is read-only")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to serve on (default 127.0.0.1; 0.0.0.0 for other machines)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; 0 picks a free one)")
+    p.add_argument("--token", default=None,
+                   help="operator token for the buttons (default: $LTEMLIVE_DASHBOARD_TOKEN or a random one)")
+    p.add_argument("--no-frame-s", type=float, default=30.0, help="'no frame' alert after this long (default 30 s)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the publisher (default 3)")
 
     p = sub.add_parser(
         "replay",
@@ -487,6 +524,18 @@ def cmd_control(args, console) -> int:
     return 0 if reply.ok else 1
 
 
+def cmd_monitor(args, console) -> int:
+    from ltemlive.monitor.terminal import run_monitor
+
+    return run_monitor(args, console)
+
+
+def cmd_dashboard(args, console) -> int:
+    from ltemlive.dashboard.server import run_dashboard
+
+    return run_dashboard(args, console)
+
+
 def cmd_replay(args, console) -> int:
     from ltemlive.session.replay import replay
 
@@ -525,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         "run": cmd_run,
         "replay": cmd_replay,
         "control": cmd_control,
+        "monitor": cmd_monitor,
+        "dashboard": cmd_dashboard,
         "demo": cmd_demo,
         "simulate": cmd_simulate,
         "reconstruct": cmd_reconstruct,

@@ -20,6 +20,8 @@ from pydantic import ValidationError
 
 from ltemlive.publisher import EventSink, Publisher, PublisherConfig, Subscriber, serve
 from ltemlive.publisher.sink import downsample
+from ltemlive.publisher.subscriber import PublisherUnreachable, fetch_result, publisher_info
+from ltemlive.publisher.view import RunView
 from ltemlive.wire.updates import INGEST, PROTOCOL_ID, SNAPSHOT_REQUESTS, TOPICS, Event, SnapshotReq
 
 pytestmark = pytest.mark.timeout(60)
@@ -191,6 +193,77 @@ def test_late_joiner_gets_current_state_from_snapshot(publisher, ctx, closing):
     emit_surely(s, "progress", {"frame": 4})
     more = collect(sub, lambda g: len(g) >= 1)
     assert [(e.topic, e.seq, e.payload) for e, _ in more] == [("progress", 65, {"frame": 4})]
+
+
+def test_snapshot_keeps_the_latest_of_each_source(publisher, ctx, closing):
+    """Two reconstructor workers on one topic: a late joiner learns of both, not only the last one heard."""
+    pub = publisher()
+    a, b = sink(pub, ctx, closing, "recon-1"), sink(pub, ctx, closing, "recon-2")
+    emit_surely(a, "worker", {"worker": "recon-1", "state": "idle", "interval_s": 1.0})
+    emit_surely(b, "worker", {"worker": "recon-2", "state": "reconstructing", "interval_s": 1.0})
+    emit_surely(a, "worker", {"worker": "recon-1", "state": "receiving", "interval_s": 1.0})
+    assert wait_for(lambda: pub.stats["published"] == 3)
+    sub = subscriber(pub, ctx, closing)
+    got = live(sub)
+    view = RunView()
+    for ev, arrays in got:
+        view.apply(ev, arrays)
+    assert {w: v["state"] for w, v in view.workers.items()} == {"recon-1": "receiving", "recon-2": "reconstructing"}
+    assert sub.state["worker"][0].source == "recon-1"  # the latest of the topic
+
+
+def test_one_address_is_enough_info_then_stream(publisher, ctx, closing):
+    pub = publisher(heartbeat_s=0.2)
+    info = publisher_info(pub.endpoints["snapshot"], context=ctx)
+    assert info.updates_port == int(pub.endpoints["updates"].rsplit(":", 1)[1])
+    assert info.heartbeat_s == 0.2 and info.instance == pub.instance
+    s = sink(pub, ctx, closing, "controller")
+    emit_surely(s, "status", {"state": "running"})
+    assert wait_for(lambda: pub.stats["published"] == 1)
+    sub = Subscriber.at(pub.endpoints["snapshot"], context=ctx)
+    closing(sub)
+    live(sub)
+    assert sub.state["status"][0].payload == {"state": "running"}
+    assert sub.heartbeat_s == 0.2
+    assert pub.stats["info_served"] >= 2
+
+
+def test_nothing_at_the_address_is_said_quickly(ctx):
+    with zmq.Context() as c, c.socket(zmq.ROUTER) as probe:
+        port = probe.bind_to_random_port("tcp://127.0.0.1")
+    t0 = time.monotonic()
+    with pytest.raises(PublisherUnreachable, match="no ltemlive publisher answered"):
+        Subscriber.at(f"tcp://127.0.0.1:{port}", timeout_s=0.3, context=ctx)
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_results_full_resolution_on_request_previews_on_the_stream(publisher, ctx, closing):
+    pub = publisher(result_preview_px=64, results_keep=2)
+    s = sink(pub, ctx, closing, "recon-1")
+    sub = subscriber(pub, ctx, closing)
+    live(sub)
+    rng = np.random.default_rng(0)
+    maps = {k: (rng.normal(size=(200, 200)).astype(np.float32), rng.normal(size=(200, 200)).astype(np.float32))
+            for k in range(3)}
+    for k, (ph, am) in maps.items():
+        emit_surely(s, "result", {"series": k, "pixel_size_m": 2e-9, "shape": [200, 200]}, [ph, am])
+    got = collect(sub, lambda g: sum(e.topic == "result" for e, _ in g) == 3)
+    streamed = [(e, arrays) for e, arrays in got if e.topic == "result"]
+    assert [e.series for e, _ in streamed] == [0, 1, 2]
+    assert all(a.shape == (50, 50) for _, arrays in streamed for a in arrays)  # 200 / ceil(200 / 64)
+    np.testing.assert_allclose(streamed[0][1][0], downsample(maps[0][0], 64))
+    ev, full = fetch_result(pub.endpoints["snapshot"], 2, context=ctx)
+    assert ev.series == 2 and len(full) == 2
+    np.testing.assert_array_equal(full[0], maps[2][0])
+    np.testing.assert_array_equal(full[1], maps[2][1])
+    ev, full = fetch_result(pub.endpoints["snapshot"], None, context=ctx)  # the latest
+    assert ev.series == 2
+    assert fetch_result(pub.endpoints["snapshot"], 0, context=ctx) is None  # only results_keep are held
+    assert pub.stats["results_served"] == 2 and pub.stats["results_missing"] == 1
+    # a late joiner's snapshot carries the preview, not the full maps
+    late = subscriber(pub, ctx, closing)
+    live(late)
+    assert late.state["result"][1][0].shape == (50, 50)
 
 
 def test_subset_subscriber_sees_only_its_topics(publisher, ctx, closing):

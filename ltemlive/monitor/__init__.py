@@ -1,0 +1,1 @@
+"""Terminal monitor of a running session (``ltemlive monitor``)."""
