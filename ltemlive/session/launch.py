@@ -163,10 +163,14 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
                 cfg = cfg.with_endpoints(ingest=got["ingest"], updates=got["updates"], snapshot=got["snapshot"])
                 progress = Progress(cfg, console)
                 progress.sync()
+
             elif role == "controller":
                 cfg = cfg.with_endpoints(frames=got["frames"], control=got["control"])
                 console.print(f"  controller: run file [bold]{got['run_file']}[/]; commands: "
                               f"ltemlive control {got['control']} pause|resume|abort|freeze_feedback|...")
+                snap = cfg.endpoints.snapshot
+                console.print(f"  watch: ltemlive monitor {snap}   in a browser: ltemlive dashboard {snap} "
+                              f"--control {got['control']}")
         controller = children.get("controller")
         while controller is not None and controller.proc.poll() is None:
             if interrupted.is_set():
