@@ -7,6 +7,13 @@ Reliability (zguide "Lazy/Paranoid Pirate"): every call has a deadline and waits
 any timeout the socket is discarded and re-created, so a late reply or a queued stale request can never be
 mistaken for the answer to a later call. Calls are not retried automatically: the caller decides (a repeated
 ``set_defocus`` is idempotent, a repeated acquisition costs dose).
+
+Never late: a request that acts on the instrument (``ACTING_METHODS``) carries ``start_by_s``, the latest time
+on the server's monotonic clock at which it may start. The client bounds the clock offset from the ``mono_s``
+of every pong (``server clock - client clock >= mono_s - time of receipt``: a lower bound whatever the
+network's asymmetry, so its start-by is never later than it means), and sets start-by to the send time plus
+``min(budget, liveness_s)``. Every way this client gives up - silence for ``liveness_s``, the budget - comes
+after that time: a frozen server that wakes up finds the request expired and drops it unexecuted.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from typing import Any
 import numpy as np
 import zmq
 from loguru import logger
+from pydantic import ValidationError
 
-from drivers.errors import InstrumentTimeout, ProtocolError, ServerUnreachable, error_from_wire
+from drivers.errors import InstrumentTimeout, OutOfRange, ProtocolError, ServerUnreachable, error_from_wire
 from drivers.interface import (
     CameraInfo,
     Capability,
@@ -35,6 +43,7 @@ from drivers.interface import (
     check_finite,
 )
 from drivers.protocol import (
+    ACTING_METHODS,
     METHOD_ARGS,
     PROTOCOL_ID,
     PROTOCOL_VERSION,
@@ -49,6 +58,8 @@ __all__ = ["InstrumentClient", "RemoteCamera", "RemoteMicroscope", "connect"]
 
 #: Extra seconds the client waits beyond the server-side budget, for transport and queueing.
 TRANSPORT_MARGIN_S = 2.0
+#: Largest frame of a reply this client accepts: a 8192^2 float64 frame and its header fit.
+MAX_REPLY_FRAME_BYTES = 8192 * 8192 * 8 + (1 << 20)
 
 
 class InstrumentClient:
@@ -75,6 +86,8 @@ class InstrumentClient:
         self._closed = False
         self._hello: dict[str, Any] | None = None
         self._server_id: str | None = None  # instance id of the server last heard from (from pongs)
+        #: lower bound of (server monotonic clock - this client's), from pongs; None until the first
+        self._offset_lb: float | None = None
 
     # -- socket management --------------------------------------------------------------------------------
     def _socket(self) -> zmq.Socket:
@@ -88,6 +101,7 @@ class InstrumentClient:
             s.setsockopt(zmq.RECONNECT_IVL, 100)
             s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             s.setsockopt(zmq.SNDHWM, 16)
+            s.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_FRAME_BYTES)  # a server gone wrong cannot exhaust our memory
             s.connect(self.endpoint)
             self._sock = s
         return self._sock
@@ -122,9 +136,18 @@ class InstrumentClient:
         self.close()
 
     # -- calls ----------------------------------------------------------------------------------------------
-    def _send(self, sock: zmq.Socket, method: str, args: dict[str, Any], timeout_s: float) -> str:
+    def _send(
+        self, sock: zmq.Socket, method: str, args: dict[str, Any], timeout_s: float, start_by_s: float | None = None
+    ) -> str:
         rid = uuid.uuid4().hex
-        req = Request(v=PROTOCOL_VERSION, id=rid, method=method, args=args, timeout_s=timeout_s)
+        try:
+            req = Request(v=PROTOCOL_VERSION, id=rid, method=method, args=args, timeout_s=timeout_s,
+                          start_by_s=start_by_s)
+            req.parsed_args()  # the server parses the same way: refuse here, in one line, what it would refuse
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "request"
+            raise OutOfRange(f"{method}: {where}: {err['msg']}") from None
         try:
             sock.send_multipart([PROTOCOL_ID, encode_header(req)], zmq.NOBLOCK)
         except zmq.Again:
@@ -152,9 +175,16 @@ class InstrumentClient:
             raise ProtocolError(f"unknown method {method}")
         budget = self.timeout_s if timeout_s is None else float(timeout_s)
         with self._lock:
+            start_by = None
+            if method in ACTING_METHODS:
+                if self._offset_lb is None:
+                    self._sync_clock()
+                assert self._offset_lb is not None
+                # Every give-up below (silence >= liveness_s after the send, or the budget) comes after this.
+                start_by = time.monotonic() + min(budget, self.liveness_s) + self._offset_lb
             sock = self._socket()
             start = time.monotonic()
-            rid = self._send(sock, method, args, budget)
+            rid = self._send(sock, method, args, budget, start_by)
             deadline = start + budget + (TRANSPORT_MARGIN_S if method != "ping" else 0.0)
             last_heard = last_ping = start
             while True:
@@ -164,17 +194,20 @@ class InstrumentClient:
                     raise InstrumentTimeout(f"{method}: no reply from {self.endpoint} within {deadline - start:.2f} s")
                 if now - last_heard >= self.liveness_s:
                     self._reset()
+                    late = " (the request is dropped if the server wakes up: its start-by time has passed)"
                     raise ServerUnreachable(
                         f"{method}: instrument server at {self.endpoint} silent for {now - last_heard:.2f} s"
+                        + (late if start_by is not None else "")
                     )
                 wait = min(deadline, last_heard + self.liveness_s, now + self.heartbeat_s) - now
                 if sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
                     frames = sock.recv_multipart(copy=False)
                     last_heard = time.monotonic()
-                    parsed = self._parse(frames)
+                    parsed = self._parse(frames, rid)
                     if parsed is None:
                         continue
                     reply, buffers = parsed
+                    self._learn_clock(reply, last_heard)
                     if reply.id != rid:
                         # A pong, or a late reply to an abandoned call: liveness only. A pong from a server
                         # *instance* that started after this request was sent means the request died with
@@ -208,13 +241,44 @@ class InstrumentClient:
                 "was in flight; it was lost"
             )
 
-    def _parse(self, frames: list[Any]) -> tuple[Reply, list[Any]] | None:
+    def _learn_clock(self, reply: Reply, received: float) -> None:
+        if reply.ok and isinstance(reply.result, dict) and isinstance(reply.result.get("mono_s"), int | float):
+            if reply.result.get("server_id") not in (None, self._server_id) and self._server_id is not None:
+                self._offset_lb = None  # another server instance (perhaps on another host): learn again
+            lb = float(reply.result["mono_s"]) - received
+            self._offset_lb = lb if self._offset_lb is None else max(self._offset_lb, lb)
+
+    def _sync_clock(self) -> None:
+        """One ping, inside the call lock: the first bound of the server's clock offset."""
+        sock = self._socket()
+        rid = self._send(sock, "ping", {}, self.liveness_s)
+        t0 = time.monotonic()
+        while (left := t0 + self.liveness_s - time.monotonic()) > 0:
+            if not sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                break
+            received = time.monotonic()
+            parsed = self._parse(sock.recv_multipart(copy=False), rid)
+            if parsed is not None and parsed[0].id == rid:
+                self._learn_clock(parsed[0], received)
+                if parsed[0].ok and isinstance(parsed[0].result, dict):
+                    self._server_id = parsed[0].result.get("server_id", self._server_id)
+                if self._offset_lb is None:
+                    raise ProtocolError("the instrument server's pong carries no clock (mono_s): an older server?")
+                return
+        self._reset()
+        raise ServerUnreachable(f"instrument server at {self.endpoint} silent for {self.liveness_s:.2f} s")
+
+    def _parse(self, frames: list[Any], rid: str = "") -> tuple[Reply, list[Any]] | None:
         if len(frames) < 2 or frames[0].bytes != PROTOCOL_ID:
             logger.warning("ignoring a malformed reply from {}", self.endpoint)
             return None
         try:
             reply: Reply = decode_header(frames[1].bytes, Reply)
         except ProtocolError as exc:
+            if rid and rid in bytes(frames[1].bytes[:4096]).decode("utf-8", "replace"):
+                # the answer to this call, unreadable: say so now rather than time out
+                self._reset()
+                raise ProtocolError(f"invalid reply from {self.endpoint}: {exc}") from None
             logger.warning("ignoring a malformed reply: {}", exc)
             return None
         return reply, list(frames[2:])

@@ -6,7 +6,7 @@
     remote: {endpoint: tcp://host:port, timeout_s: 10, liveness_s: 3}
     thermo: {...}      # drivers.vendors.thermo.ThermoConfig
     jeol: {...}        # drivers.vendors.jeol.JeolConfig
-    server: {endpoint: tcp://127.0.0.1:7001}   # used by the instrument server only
+    server: {endpoint: tcp://127.0.0.1:7001, max_settle_s: 10, max_call_s: 120, ...}   # the server only
 
 Limits are applied even when absent from the config (the defaults of :class:`SafetyLimits`): an instrument
 without limits has to be asked for explicitly, with very wide ones.
@@ -48,7 +48,9 @@ def check_config(config: Any) -> None:
     if unknown:
         allowed = ", ".join(("backend", "limits", "server", *BACKENDS))
         raise ValueError(f"unknown section(s) {', '.join(unknown)}; allowed: {allowed}")
-    models: list[tuple[str, Any]] = [("limits", SafetyLimits)]
+    from drivers.server import ServerConfig
+
+    models: list[tuple[str, Any]] = [("limits", SafetyLimits), ("server", ServerConfig)]
     if kind == "simulated":
         from drivers.simulated import SimulatedInstrumentConfig
 

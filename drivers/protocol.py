@@ -15,6 +15,7 @@ Nothing is ever pickled: an error crosses the wire as ``{type, message}`` where 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -26,6 +27,7 @@ from ltemlive import wire
 from ltemlive.wire import ALLOWED_DTYPES, ID_PATTERN, MAX_DIM, MAX_HEADER_BYTES, ArrayHeader, WireError, encode_header
 
 __all__ = [
+    "ACTING_METHODS",
     "ALLOWED_DTYPES",
     "ID_PATTERN",
     "MAX_DIM",
@@ -88,6 +90,16 @@ class SetFaultsArgs(_Strict):
     faults: dict[str, Any]
 
 
+#: Methods that change the instrument or spend dose: they carry ``start_by_s`` and are never started late.
+ACTING_METHODS = frozenset({
+    "microscope.set_defocus",
+    "microscope.set_lens_mode",
+    "microscope.move_stage",
+    "microscope.set_beam_blanked",
+    "camera.acquire",
+    "sim.set_faults",
+})
+
 #: method name -> argument schema. The server dispatches only these names; the client sends only these.
 METHOD_ARGS: dict[str, type[BaseModel]] = {
     "ping": NoArgs,
@@ -113,13 +125,19 @@ METHOD_ARGS: dict[str, type[BaseModel]] = {
 
 
 class Request(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "timeout_s": "5" is refused
+
     v: Literal[1]
     id: str
     method: str
     args: dict[str, Any] = Field(default_factory=dict)
-    #: Relative budget in seconds, counted from receipt by the server. Relative rather than an absolute
-    #: deadline because the microscope PC and the acquisition host do not share a clock.
+    #: Relative budget in seconds for the call, counted from receipt by the server.
     timeout_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)]
+    #: The latest time, on the SERVER's monotonic clock, at which the server may start this request; after it
+    #: the request is dropped unexecuted. The client learns the clock offset from the ``mono_s`` of pongs (a
+    #: lower bound, so its estimate of this time is never later than the truth) and gives up only after this
+    #: time has passed: a request its caller was told failed is never started later (ACTING_METHODS need it).
+    start_by_s: Annotated[float, Field(allow_inf_nan=False)] | None = None
 
     @field_validator("id")
     @classmethod
@@ -136,7 +154,9 @@ class Request(_Strict):
         return v
 
     def parsed_args(self) -> BaseModel:
-        return METHOD_ARGS[self.method].model_validate(self.args)
+        # Strict, in JSON mode (the args came as JSON): types as declared - "off" is not a boolean, "1e-4" not a
+        # number - while an enum is still given by its value string.
+        return METHOD_ARGS[self.method].model_validate_json(json.dumps(self.args, allow_nan=False), strict=True)
 
 
 class ErrorInfo(_Strict):

@@ -25,19 +25,20 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import zmq
 from loguru import logger
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.errors import InstrumentError, InstrumentTimeout, NotAvailable, ProtocolError
+from drivers.errors import InstrumentError, InstrumentTimeout, LimitViolation, NotAvailable, ProtocolError
 from drivers.interface import Camera, Frame, Microscope
 from drivers.protocol import (
+    ACTING_METHODS,
     ID_PATTERN,
     PROTOCOL_ID,
     AcquireArgs,
@@ -54,12 +55,34 @@ from drivers.protocol import (
     error_info,
 )
 
-__all__ = ["Backend", "InstrumentServer", "main"]
+__all__ = ["Backend", "InstrumentServer", "ServerConfig", "main"]
 
-#: Requests are small JSON headers; a peer sending more than this is disconnected by libzmq.
-MAX_REQUEST_BYTES = 1 << 20
+#: Requests are small JSON headers; a peer sending a larger frame is disconnected by libzmq.
+MAX_REQUEST_BYTES = 64 * 1024
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
+#: request ids remembered for idempotent retries (a repeated id gets the first reply, never a second execution)
+RECENT_IDS = 256
+
+
+class ServerConfig(BaseModel):
+    """The ``server`` section of an instrument config: what any one request may ask of the owner thread.
+
+    The instrument has one owning thread, so a single request that settles for ten minutes blocks every other
+    client: settle and call times are capped here, on the server, whatever the client asks.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: str | None = Field(None, description="bind address (tcp://127.0.0.1:7001); the CLI's --endpoint wins")
+    max_settle_s: Annotated[float, Field(ge=0, le=600, allow_inf_nan=False)] = Field(
+        10.0, description="largest SettleSpec.settle_s a request may ask for (s)")
+    max_settle_timeout_s: Annotated[float, Field(gt=0, le=600, allow_inf_nan=False)] = Field(
+        30.0, description="largest SettleSpec.timeout_s (s)")
+    max_call_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = Field(
+        120.0, description="largest budget of one request, and of a camera exposure's timeout (s)")
+    max_start_window_s: Annotated[float, Field(gt=0, le=600, allow_inf_nan=False)] = Field(
+        60.0, description="a request's start_by_s may lie at most this far in the server's future (s)")
 
 
 @dataclass
@@ -102,7 +125,9 @@ class InstrumentServer:
         *,
         max_queue: int = 8,
         startup_timeout_s: float = 60.0,
+        config: ServerConfig | None = None,
     ) -> None:
+        self.config = config if config is not None else ServerConfig()
         self._factory = backend_factory
         self._requested_endpoint = endpoint
         self.endpoint: str | None = None
@@ -126,6 +151,10 @@ class InstrumentServer:
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()  # both threads count; ping copies
         self._backend_info: dict[str, Any] = {}
+        #: request id -> its reply frames (None while queued or running): a retried id is never run twice
+        self._recent: OrderedDict[str, list[Any] | None] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._warn = _RateLimited()
 
     # -- life cycle -------------------------------------------------------------------------------------
     def _bind(self) -> None:
@@ -260,17 +289,27 @@ class InstrumentServer:
             out.close(linger=0)
 
     def _execute(self, backend: Backend, job: _Job) -> list[Any]:
+        frames = self._execute_once(backend, job)
+        with self._recent_lock:
+            if job.request.id in self._recent:
+                self._recent[job.request.id] = frames
+        return frames
+
+    def _execute_once(self, backend: Backend, job: _Job) -> list[Any]:
         req = job.request
-        waited = time.monotonic() - job.received
-        if waited >= req.timeout_s:
-            # The client has given up; executing a stale command (e.g. a defocus change) late is unsafe.
+        now = time.monotonic()
+        waited = now - job.received
+        late = req.start_by_s is not None and now > req.start_by_s
+        if waited >= req.timeout_s or late:
+            # The client has given up (or will have by the time this could act): a stale command - a defocus
+            # change, an exposure - carried out now is what its caller was told did not happen.
             self._count("expired")
+            why = (f"its start-by time passed {now - req.start_by_s:.2f} s ago" if late
+                   else f"it waited {waited:.2f} s in the queue")
+            logger.warning("{} {} dropped unexecuted: {}", req.method, req.id, why)
             reply = Reply(
-                id=req.id,
-                ok=False,
-                error=error_info(
-                    InstrumentTimeout(f"{req.method}: request expired after {waited:.2f} s in the queue; not executed")
-                ),
+                id=req.id, ok=False,
+                error=error_info(InstrumentTimeout(f"{req.method}: request expired ({why}); not executed")),
             )
             return [job.identity, PROTOCOL_ID, encode_header(reply)]
         self._busy_method, self._busy_since = req.method, time.monotonic()
@@ -401,10 +440,17 @@ class InstrumentServer:
                 args = req.parsed_args()
             except Exception as exc:
                 raise ProtocolError(f"invalid arguments for {req.method}: {str(exc)[:500]}") from None
+            self._check_request(req, args)
         except ProtocolError as exc:
             self._count("malformed")
-            logger.warning("malformed request NACKed ({} so far): {}", self.stats["malformed"], str(exc)[:200])
+            self._warn.warning("malformed", "malformed request NACKed ({} so far): {}",
+                               self.stats["malformed"], str(exc)[:200])
             self._nack(identity, req_id, exc)
+            return
+        except LimitViolation as exc:
+            self._count("refused")
+            logger.warning("{} {} refused: {}", req.method, req.id, exc)
+            self._nack(identity, req.id, exc)
             return
         if req.method == "ping":
             now = time.monotonic()
@@ -412,18 +458,80 @@ class InstrumentServer:
                 "server_id": self.server_id,
                 "pid": os.getpid(),
                 "uptime_s": now - self._started,
+                # the server's monotonic clock: clients bound their offset to it and send start_by_s in it
+                "mono_s": now,
                 "busy_method": self._busy_method,
                 "busy_s": None if self._busy_since is None else now - self._busy_since,
+                "max_call_s": self.config.max_call_s,
                 "queued": self._jobs.qsize(),
                 "stats": self._stats_snapshot(),
             }
             self._send([identity, PROTOCOL_ID, encode_header(Reply(id=req.id, ok=True, result=result))])
             return
+        with self._recent_lock:
+            if req.id in self._recent:  # a retry: the first reply again, or "in progress"; never a second run
+                self._count("duplicates")
+                done = self._recent[req.id]
+                if done is None:
+                    self._nack(identity, req.id, NotAvailable(f"{req.method}: request {req.id} is already in "
+                                                              "progress; its reply will come"))
+                else:
+                    self._send([identity, *done[1:]])
+                return
         if self._jobs.qsize() >= self._max_queue:
             self._count("busy")
             self._nack(identity, req.id, NotAvailable(f"server busy: {self._jobs.qsize()} requests queued"))
             return
+        with self._recent_lock:
+            self._recent[req.id] = None
+            while len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
         self._jobs.put(_Job(identity, req, args, time.monotonic()))
+
+    def _check_request(self, req: Request, args: BaseModel) -> None:
+        """What the server's own config allows any request, before it is queued (see ServerConfig)."""
+        cfg = self.config
+        if req.method in ACTING_METHODS:
+            if req.start_by_s is None:
+                raise ProtocolError(f"{req.method} changes the instrument: the request needs start_by_s")
+            ahead = req.start_by_s - time.monotonic()
+            if ahead > cfg.max_start_window_s:
+                raise ProtocolError(f"start_by_s lies {ahead:.1f} s ahead; at most {cfg.max_start_window_s:g} s "
+                                    "(is the client's clock offset from a pong of this server?)")
+        settle = getattr(args, "settle", None)
+        if settle is not None:
+            if settle.settle_s > cfg.max_settle_s:
+                raise LimitViolation(f"{req.method}: settle_s {settle.settle_s:g} s exceeds this server's limit "
+                                     f"of {cfg.max_settle_s:g} s (server.max_settle_s)")
+            if settle.timeout_s > cfg.max_settle_timeout_s:
+                raise LimitViolation(f"{req.method}: settle timeout_s {settle.timeout_s:g} s exceeds this "
+                                     f"server's limit of {cfg.max_settle_timeout_s:g} s (server.max_settle_timeout_s)")
+        if req.timeout_s > cfg.max_call_s:  # after the settle checks: those name what to change
+            raise LimitViolation(f"{req.method}: timeout_s {req.timeout_s:g} s exceeds this server's limit of "
+                                 f"{cfg.max_call_s:g} s (server.max_call_s)")
+        camera_timeout = getattr(args, "timeout_s", None)
+        if isinstance(args, AcquireArgs) and camera_timeout is not None and camera_timeout > cfg.max_call_s:
+            raise LimitViolation(f"camera.acquire: timeout_s {camera_timeout:g} s exceeds this server's limit of "
+                                 f"{cfg.max_call_s:g} s (server.max_call_s)")
+
+
+class _RateLimited:
+    """At most one warning per key every ``interval_s``; the next says how many were suppressed (a flood of
+    malformed requests must not flood the log)."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def warning(self, key: str, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e18) < self.interval_s:
+            self._suppressed[key] += 1
+            return
+        self._last[key] = now
+        n = self._suppressed.pop(key, 0)
+        logger.opt(depth=1).warning(fmt + (f" ({n} similar suppressed)" if n else ""), *args)
 
 
 def _salvage_id(raw: bytes) -> str:
@@ -480,8 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a YAML parser error is not a ValueError
         print(f"error: {source}: not a valid config: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    endpoint = ns.endpoint or config.get("server", {}).get("endpoint") or "tcp://127.0.0.1:*"
-    server = InstrumentServer(lambda: build_backend(config), endpoint)
+    server_cfg = ServerConfig.model_validate(config.get("server") or {})
+    endpoint = ns.endpoint or server_cfg.endpoint or "tcp://127.0.0.1:*"
+    server = InstrumentServer(lambda: build_backend(config), endpoint, config=server_cfg)
 
     def _on_signal(signum: int, _frame: object) -> None:
         logger.info("signal {} received, stopping", signum)

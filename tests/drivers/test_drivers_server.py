@@ -189,6 +189,7 @@ def test_stale_request_is_not_executed(tmp_path):
                             "method": "camera.acquire",
                             "args": {"exposure_s": 0.1, "timeout_s": 0.5},
                             "timeout_s": 2,
+                            "start_by_s": time.monotonic() + 10,  # same host: one monotonic clock
                         }
                     ).encode(),
                 ]
@@ -204,6 +205,7 @@ def test_stale_request_is_not_executed(tmp_path):
                             "method": "microscope.set_defocus",
                             "args": {"defocus_m": 1e-4},
                             "timeout_s": 0.1,
+                            "start_by_s": time.monotonic() + 10,
                         }
                     ).encode(),
                 ]
