@@ -1,6 +1,8 @@
 """Pictures people would rather look at than read: phase maps, loss curves, series montages.
 
-Matplotlib's object API on the Agg canvas (no pyplot state), so it is safe off the main thread.
+The one rendering module: the run summary (files) and the web dashboard (PNG bytes, figure_png) draw with
+the same functions. Matplotlib's object API on the Agg canvas (no pyplot state), so it is safe off the main
+thread. Nothing in the acquisition or reconstructor processes imports it (tests/test_boundaries.py).
 """
 
 from __future__ import annotations
@@ -28,17 +30,18 @@ _STAGE_COLOURS = {"start": "0.55", "warm-up": "tab:orange", "defocus scale": "ta
 _STAGE_LABELS = {"start": "start", "warm-up": "warm-up", "defocus scale": "defocus scale fit", "refine": "refine"}
 
 
-def loss_figure(history: Sequence[dict]) -> Figure:
+def loss_figure(history: Sequence[dict], *, title: str = "reconstruction loss") -> Figure:
     """Total, data and regulariser loss against iteration, with a labelled line at every stage change.
 
     Each point whose stage differs from the point before (warm-up, defocus scale fit, ...) gets a vertical
     line in that stage's colour, a short label along it and one legend entry per stage name; the return to
-    "refine" after each defocus scale fit is not marked again, only the start of the refinement.
+    "refine" after each defocus scale fit is not marked again, only the start of the refinement. Points
+    without a "stage" (the thinned history a live reconstructor publishes) mark nothing.
     """
     fig = Figure(figsize=(7.0, 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.set_title("reconstruction loss", fontsize=11)
+    ax.set_title(title, fontsize=11)
     ax.set_xlabel("phase iteration")
     ax.set_ylabel("loss per pixel")
     if not history:
@@ -64,6 +67,8 @@ def loss_figure(history: Sequence[dict]) -> Figure:
     trans = blended_transform_factory(ax.transData, ax.transAxes)
     prev = None
     for h in history:
+        if h.get("stage") is None:
+            continue
         stage = str(h["stage"])
         # Returning to refine after a one-off fit is no new stage: only its first start is marked.
         if stage != prev and (stage != "refine" or stage not in colours):
@@ -383,9 +388,30 @@ def phase_figure(
 
     show_axes=True also labels the axes in nm; by default the scale bar alone gives the size.
     """
-    phi = np.asarray(phase, dtype=np.float64)
+    return image_figure(
+        phase, pixel_size_m, label="phase (rad)", title=title, cmap=cmap, show_axes=show_axes, width_in=width_in
+    )
+
+
+def amplitude_figure(amplitude: np.ndarray, pixel_size_m: float, *, title: str | None = None) -> Figure:
+    """Reconstructed amplitude (relative to the unscattered wave) with its colour bar and a scale bar."""
+    return image_figure(amplitude, pixel_size_m, label="amplitude (relative)", title=title)
+
+
+def image_figure(
+    image: np.ndarray,
+    pixel_size_m: float,
+    *,
+    label: str,
+    title: str | None = None,
+    cmap: str = "gray",
+    show_axes: bool = False,
+    width_in: float = 5.2,
+) -> Figure:
+    """A 2-D map on its finite min..max with a colour bar labelled `label` beside it and a scale bar on it."""
+    phi = np.asarray(image, dtype=np.float64)
     if phi.ndim != 2:
-        raise ValueError(f"phase must be a 2-D (H, W) array, got shape {phi.shape}")
+        raise ValueError(f"image must be a 2-D (H, W) array, got shape {phi.shape}")
     h, w = phi.shape
     fig = Figure(figsize=(width_in, width_in * h / w * 0.86 + (0.35 if title else 0.1)))
     FigureCanvasAgg(fig)
@@ -404,7 +430,7 @@ def phase_figure(
         ax.set_title(title, fontsize=11)
     cax = ax.inset_axes((1.03, 0.0, 0.045, 1.0))
     cbar = fig.colorbar(im, cax=cax)
-    cbar.set_label("phase (rad)")
+    cbar.set_label(label)
     cbar.outline.set_linewidth(0.6)
     add_scale_bar(ax, pixel_size_m, phi.shape)
     return fig
@@ -602,7 +628,45 @@ def calibration_figure(
     from matplotlib.ticker import MaxNLocator
 
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    xs = np.unique(np.concatenate([x, *[np.asarray(v[0], dtype=np.float64) for v in (truth_error_pct or {}).values()]]))
+    if xs.size == 1:  # one series so far: a unit-wide axis around it, not matplotlib's +-0.05
+        axes[-1].set_xlim(xs[0] - 1.0, xs[0] + 1.0)
     return fig
+
+
+def calibration_history_figure(rows: Sequence[dict]) -> Figure:
+    """calibration_figure of the compact feedback decisions a running controller publishes (its "calibration"
+    events' history: series, accepted, estimate_scale, sigma_scale, scale, offset_m per decision)."""
+
+    def column(key: str) -> np.ndarray:
+        out = []
+        for r in rows:
+            try:
+                out.append(float(r.get(key)))
+            except (TypeError, ValueError):
+                out.append(np.nan)
+        return np.asarray(out, dtype=np.float64)
+
+    series = [int(r.get("series") or 0) for r in rows]
+    return calibration_figure(
+        series,
+        column("scale"),
+        column("offset_m"),
+        [bool(r.get("accepted")) for r in rows],
+        estimate_scale=column("estimate_scale"),
+        sigma_scale=column("sigma_scale"),
+    )
+
+
+def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (tight bounding box, white background), for a web page rather than a file."""
+    import io
+
+    if fig.canvas is None or not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    return buf.getvalue()
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150, overwrite: bool = True) -> Path:

@@ -10,6 +10,11 @@
 - the acquisition controller (`ltemlive.controller`) may import drivers and the wire, never torch or the
   reconstructor; the frame stream (`ltemlive.stream`) and the publisher never import torch, drivers or the
   reconstructor; the wire imports nothing of the project but itself;
+- the watchers (`ltemlive.monitor`, `ltemlive.publisher.view`) never import torch, drivers, the simulator or the
+  reconstructor (they run on a collaborator's laptop);
+- the web dashboard (`ltemlive.dashboard`) never imports torch, drivers, simulator, the reconstructor or the
+  acquisition controller (its control client only); the acquisition controller, the reconstructor service and
+  the frame stream never import matplotlib or the pictures (images are rendered by watchers, never there);
 - one framing: nothing outside ltemlive/wire and drivers/protocol.py (the instrument channel's message table)
   defines a PROTOCOL_ID, and drivers/protocol.py parses no header and views no buffer itself;
 - no module anywhere imports pickle or its relatives, or uses pyzmq's pickling send/recv (never pickle on
@@ -220,9 +225,35 @@ def test_stream_publisher_and_wire_stay_light(top):
     assert violations(python_files(top), forbidden) == []
 
 
+@pytest.mark.parametrize("top", ["ltemlive/monitor", "ltemlive/publisher/view.py"])
+def test_watchers_stay_light(top):
+    # A collaborator's laptop runs `ltemlive monitor` with pyzmq and rich: no torch, no drivers, no reconstructor.
+    forbidden = TORCH + RECONSTRUCTOR + ("drivers", "simulator", "ltemlive.recon_service")
+    assert python_files(top)
+    assert violations(python_files(top), forbidden) == []
+
+
 def test_the_wire_depends_on_nothing_of_the_project():
     bad = [m for m in _ltemlive_imports(python_files("ltemlive/wire"))]
     assert bad == []
+
+
+def test_dashboard_stays_a_watcher():
+    files = python_files("ltemlive/dashboard")
+    assert len(files) >= 2
+    forbidden = TORCH + RECONSTRUCTOR + ("drivers", "simulator", "ltemlive.recon_service")
+    bad = violations(files, forbidden)
+    # Of the controller only the client of its control socket: pause/resume/abort go through the socket.
+    client = "ltemlive.controller.client"
+    bad += [f"{p.relative_to(ROOT)} imports {m}" for p in files for m in sorted(imported_modules(p))
+            if within(m, "ltemlive.controller") and m != "ltemlive.controller" and not within(m, client)]
+    assert bad == []
+
+
+@pytest.mark.parametrize("top", ["ltemlive/controller", "ltemlive/recon_service", "ltemlive/stream"])
+def test_no_pictures_in_the_acquisition_or_reconstructor_processes(top):
+    forbidden = ("matplotlib", "ltemlive.pictures", "ltemlive.summary", "ltemlive.dashboard")
+    assert violations(python_files(top), forbidden) == []
 
 
 def test_session_config_never_imports_torch_at_module_level():

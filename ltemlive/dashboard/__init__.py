@@ -1,1 +1,2 @@
-"""Web dashboard of a running session (``ltemlive dashboard``): a gateway that subscribes to the update stream, renders pictures and serves them to browsers."""
+"""The web dashboard (``ltemlive dashboard``): a gateway that follows the update stream and renders the
+pictures (gateway.py), and the FastAPI app that serves them and the page to browsers (server.py)."""

@@ -186,7 +186,10 @@ class Subscriber:
         Raises PublisherUnreachable when nothing answers within ``timeout_s``."""
         info = publisher_info(address, timeout_s=timeout_s, context=context)
         kwargs.setdefault("heartbeat_s", info.heartbeat_s)
-        return cls(updates_endpoint_for(address, info), address, topics, context=context, **kwargs)
+        sub = cls(updates_endpoint_for(address, info), address, topics, context=context, **kwargs)
+        # a restart before the first heartbeat is then a restart too (not old seqs taken for stale ones)
+        sub._instance = sub._instance or info.instance or None
+        return sub
 
     # -- properties -----------------------------------------------------------------------------------------
     @property

@@ -32,8 +32,11 @@ from ltemlive.wire.updates import Event
 
 __all__ = ["LIVE_STATES", "Alert", "Picture", "RunView"]
 
-#: controller states in which frames are expected and a reconstructor is needed
-LIVE_STATES = ("running", "paused", "starting", "draining")
+#: controller states in which a reconstructor is needed (the controller's RunState says "acquiring" and
+#: "aborting"; "running" & co. are kept for other sources and the unit tests)
+LIVE_STATES = ("acquiring", "aborting", "running", "paused", "starting", "draining")
+#: states in which frames are expected (not paused)
+ACQUIRING_STATES = ("acquiring", "running")
 #: feedback decisions that are not failures (the operator asked for them)
 _QUIET_REASONS = ("accepted", "disabled", "frozen")
 LOSS_KEEP = 2000
@@ -167,7 +170,8 @@ class RunView:
         state = self.state
         if state == "error":
             out.append(Alert("run_error", "error", f"run error: {self.status.get('error') or 'unknown'}"))
-        if state == "running" and self.last_frame_t is not None and now - self.last_frame_t > self.no_frame_s:
+        if (state in ACQUIRING_STATES and self.last_frame_t is not None and not self._plan_acquired()
+                and now - self.last_frame_t > self.no_frame_s):
             out.append(Alert("no_frame", "warning", f"no frame for {now - self.last_frame_t:.0f} s"))
         end = self.series_end
         if end.get("status") in ("aborted", "error"):
@@ -185,6 +189,13 @@ class RunView:
                 out.append(Alert("feedback_rejected", "warning",
                                  f"feedback rejected (series {cal.get('series_index')}): {reason[:160]}"))
         return out
+
+    def _plan_acquired(self) -> bool:
+        """The last frame of the plan is in: the controller stays "acquiring" while it waits for the
+        reconstructions (drain), and no frame is expected then."""
+        f = self.frame
+        return (isinstance(f.get("n_series"), int) and f.get("series") == f["n_series"] - 1
+                and isinstance(f.get("n_frames"), int) and f.get("index") == f["n_frames"] - 1)
 
     @staticmethod
     def _worker_alive(w: dict[str, Any], now: float) -> bool:
