@@ -77,6 +77,9 @@ def test_loss_history_from_the_source_is_merged_once():
                  ev("recon", 1, 2, source="recon-1", series=0, iteration=3, loss=4.0, data_loss=3.5,
                     history=[*history, [3, 4.0, 3.5]])])
     assert [r[1] for r in view.loss] == [1, 2, 3]
+    # the result's history has the iterations after the last preview
+    view.apply(ev("result", 2, 3, source="recon-1", series=0, history=[*history, [3, 4.0, 3.5], [9, 1.0, 0.9]]))
+    assert [r[1] for r in view.loss] == [1, 2, 3, 9]
 
 
 def test_preview_pixels_are_scaled_to_the_downsampled_size():

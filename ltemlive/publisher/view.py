@@ -113,24 +113,29 @@ class RunView:
 
     def _on_recon(self, ev: Event, p: dict, arrays: list) -> None:
         self.recon = p
-        series = p.get("series")
-        history = p.get("history")
-        if isinstance(history, list):  # the source's own record: complete even for a late joiner
-            known = {(s, it) for s, it, *_ in self.loss}
-            for row in history:
-                if isinstance(row, list | tuple) and len(row) >= 3 and (series, row[0]) not in known:
-                    self.loss.append((series, int(row[0]), float(row[1]), float(row[2])))
-            ordered = sorted(self.loss, key=lambda r: (r[0] if r[0] is not None else -1, r[1]))
-            self.loss = deque(ordered, maxlen=LOSS_KEEP)
+        if isinstance(p.get("history"), list):
+            self._merge_loss(p.get("series"), p["history"])
         elif "iteration" in p and "loss" in p:
-            self.loss.append((series, int(p["iteration"]), float(p["loss"]), float(p.get("data_loss", math.nan))))
+            self.loss.append((p.get("series"), int(p["iteration"]), float(p["loss"]),
+                              float(p.get("data_loss", math.nan))))
         if arrays:
             self._picture("phase", arrays[0], p, ev.seq, final=False)
 
     def _on_result(self, ev: Event, p: dict, arrays: list) -> None:
         self.result = p
+        if isinstance(p.get("history"), list):  # the last iterations, after the last preview
+            self._merge_loss(p.get("series"), p["history"])
         for name, a in zip(("phase", "amplitude"), arrays, strict=False):
             self._picture(name, a, p, ev.seq, final=True)
+
+    def _merge_loss(self, series: Any, history: list) -> None:
+        """The source's own record of the loss: complete even for a watcher that joined late."""
+        known = {(s, it) for s, it, *_ in self.loss}
+        for row in history:
+            if isinstance(row, list | tuple) and len(row) >= 3 and (series, row[0]) not in known:
+                self.loss.append((series, int(row[0]), float(row[1]), float(row[2])))
+        ordered = sorted(self.loss, key=lambda r: (r[0] if r[0] is not None else -1, r[1]))
+        self.loss = deque(ordered, maxlen=LOSS_KEEP)
 
     def _picture(self, name: str, a: np.ndarray, p: dict, seq: int, *, final: bool) -> None:
         old = self.pictures.get(name)
