@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m drivers.server`` (and of ``ltemlive instrument-server``)."""
     parser = argparse.ArgumentParser(prog="instrument-server", description=__doc__.splitlines()[0])
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", help="instrument YAML/JSON config file (backend, limits, ...)")
+    src.add_argument("--config", help="instrument YAML/JSON config file (backend, limits, ...); - reads stdin")
     src.add_argument("--config-json", help="instrument config as a JSON string")
     parser.add_argument("--endpoint", default=None, help="bind address (default from config, else tcp://127.0.0.1:*)")
     parser.add_argument("--log-level", default="INFO")
@@ -574,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
 
     source = ns.config or "--config-json"
     try:
-        if ns.config:
+        if ns.config == "-":  # the supervisor's way: a config (perhaps with secrets) never on a command line
+            config = json.loads(sys.stdin.readline())
+        elif ns.config:
             config = load_config(ns.config)
         else:
             config = json.loads(ns.config_json)

@@ -22,7 +22,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.base import CameraBase, MicroscopeBase
-from drivers.errors import HardwareFault, InstrumentTimeout
+from drivers.errors import HardwareFault, InstrumentTimeout, OutOfRange
 from drivers.interface import (
     MICROSCOPE_CAPABILITIES,
     Calibration,
@@ -129,6 +129,14 @@ class SimulatedInstrument:
             return self._nominal if time.monotonic() >= self._lens_ready_at else self._nominal_previous
 
     def write_defocus(self, nominal_m: float) -> None:
+        reach = self.physics.true_defocus_for(nominal_m)
+        if reach > self.physics.max_true_defocus_m * (1 + 1e-9):
+            # Its images would wrap around the simulated field's margin: wrong pictures, silently.
+            raise OutOfRange(
+                f"nominal defocus {nominal_m:.6g} m images at up to {reach:.6g} m, beyond the "
+                f"{self.physics.max_true_defocus_m:.6g} m the simulated field is made for "
+                "(widen simulated.simulation.defocus_m)"
+            )
         with self.lock:
             self._nominal_previous = self.read_defocus()
             self._nominal = float(nominal_m)

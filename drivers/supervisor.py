@@ -1,13 +1,17 @@
 """Run the instrument server in a child process and restart it when it dies.
 
-The child is ``python -m drivers.server --config-json ... --endpoint ...``; it prints ``READY <endpoint>``
+The child is ``python -m drivers.server --config - --endpoint ...`` (the config on its stdin, never on a command
+line that every user of the machine can read); it prints ``READY <endpoint>``
 once bound and its backend is up. The first start may bind a random port (``tcp://127.0.0.1:*``); restarts
 reuse the endpoint the first child reported, so clients reconnect transparently (their DEALER sockets
 reconnect by themselves; calls in flight when the child died fail with ServerUnreachable/InstrumentTimeout).
 Restarts back off and stop after ``max_restarts`` within ``window_s`` (a crash loop needs a human).
-A watchdog pings the child's I/O loop: a process that is alive but frozen (no pong for ``watchdog_s``) is
-killed and restarted like a dead one. A merely *busy* backend does not trip it: pings are answered by the
-server's I/O thread, not by the backend's owner thread.
+A watchdog pings the child's I/O loop with short pings (each well inside the connection's 3 s heartbeat
+timeout, on a fresh socket after a miss): a process that is alive but has answered none for ``watchdog_s`` is
+killed and restarted like a dead one; one that recovers in time is left alone. A merely *busy* backend does not
+trip it - pings are answered by the server's I/O thread, not by the backend's owner thread - unless the owner
+thread has been inside one call for longer than the server's own ``max_call_s`` plus ``hung_grace_s``: a vendor
+call that will never return, which only a restart ends.
 Works the same on Windows, where microscope PCs live: no select() on pipes, no fork.
 """
 
@@ -45,6 +49,7 @@ class Supervisor:
         python: str = sys.executable,
         log_level: str = "WARNING",
         watchdog_s: float | None = 5.0,
+        hung_grace_s: float = 30.0,
     ) -> None:
         self._config_json = json.dumps(dict(config))
         self.endpoint = endpoint
@@ -55,7 +60,9 @@ class Supervisor:
         self.python = python
         self.log_level = log_level
         self.watchdog_s = watchdog_s
+        self.hung_grace_s = hung_grace_s
         self.watchdog_kills = 0
+        self._last_pong = time.monotonic()
         self.restarts = 0
         self.gave_up = False
         self._proc: subprocess.Popen[str] | None = None
@@ -82,8 +89,8 @@ class Supervisor:
             self.python,
             "-m",
             "drivers.server",
-            "--config-json",
-            self._config_json,
+            "--config",
+            "-",  # on stdin: a command line is visible to every user of the machine (ps)
             "--endpoint",
             self.endpoint,
             "--log-level",
@@ -94,7 +101,15 @@ class Supervisor:
         group = (
             {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {"start_new_session": True}
         )
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=self._env(), bufsize=1, **group)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self._env(), bufsize=1, **group
+        )
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(self._config_json + "\n")
+            proc.stdin.close()
+        except OSError:  # it died at once: the READY wait below reports it
+            pass
         lines: queue.Queue[str | None] = queue.Queue()
         assert proc.stdout is not None
         reader = threading.Thread(target=_pump, args=(proc.stdout, lines), name="server-stdout", daemon=True)
@@ -116,6 +131,7 @@ class Supervisor:
                 _reap(proc, reader)
                 raise HardwareFault(f"instrument server failed to start: {line.strip()}")
         self._proc, self._reader, self._lines = proc, reader, lines
+        self._last_pong = time.monotonic()
         logger.info("instrument server pid {} ready on {}", proc.pid, self.endpoint)
 
     def start(self) -> Supervisor:
@@ -149,18 +165,34 @@ class Supervisor:
     def _watchdog(self, proc: Any, client: Any) -> Any:
         from drivers.client import InstrumentClient
 
+        assert self.watchdog_s
+        # A ping shorter than the ZMTP heartbeat timeout (3 s): a reply never goes to a connection that libzmq
+        # has dropped meanwhile, and a server that recovers within watchdog_s is answered, not killed.
+        ping_s = min(1.0, self.watchdog_s / 2)
         if client is None or client.endpoint != self.endpoint:
             if client is not None:
                 client.close()
-            client = InstrumentClient(self.endpoint, liveness_s=self.watchdog_s)
+            client = InstrumentClient(self.endpoint, liveness_s=ping_s, heartbeat_s=ping_s)
         try:
-            client.ping(timeout_s=self.watchdog_s)
+            pong = client.ping(timeout_s=ping_s)
         except InstrumentTimeout:
-            if proc.poll() is None and not self._stopping.is_set():
-                logger.error("instrument server pid {} frozen (no pong in {} s); killing it", proc.pid, self.watchdog_s)
-                self.watchdog_kills += 1
-                proc.kill()
+            silent = time.monotonic() - self._last_pong
+            if silent >= self.watchdog_s and proc.poll() is None and not self._stopping.is_set():
+                logger.error("instrument server pid {} frozen (no pong for {:.1f} s); killing it", proc.pid, silent)
+                self._kill(proc)
+            return client
+        self._last_pong = time.monotonic()
+        busy, limit = pong.get("busy_s"), pong.get("max_call_s")
+        if isinstance(busy, int | float) and isinstance(limit, int | float) and busy > limit + self.hung_grace_s:
+            logger.critical("instrument server pid {}: {} has been running {:.0f} s (limit {:g} s): a hung vendor "
+                            "call; restarting the server", proc.pid, pong.get("busy_method"), busy, limit)
+            self._kill(proc)
         return client
+
+    def _kill(self, proc: Any) -> None:
+        self.watchdog_kills += 1
+        proc.kill()
+        self._last_pong = time.monotonic()  # the next child gets its own watchdog_s
 
     def _handle_death(self, proc: Any) -> bool:
         """Reap a dead child and start the next one (with back-off); False ends the watch loop."""

@@ -39,6 +39,8 @@ class VirtualLTEM:
         self.hysteresis_m = float(hysteresis_m)
         max_df = float(np.max(np.abs(true_defocus(cfg, cfg.defocus_m)))) + self.hysteresis_m / 2
         self._field = SpecimenField(cfg, max_abs_defocus_m=max_df)
+        #: largest |true defocus| the field's margin is made for; beyond it images wrap around
+        self.max_true_defocus_m = max_df
         self._drift_rng, self._camera_rng = random_streams(cfg.seed)
         self._nominal = 0.0
         self._direction = 0
@@ -48,6 +50,10 @@ class VirtualLTEM:
     @property
     def nominal_defocus_m(self) -> float:
         return self._nominal
+
+    def true_defocus_for(self, nominal_m: float) -> float:
+        """The largest |true defocus| a command of ``nominal_m`` can give (either hysteresis branch)."""
+        return abs(float(true_defocus(self.cfg, float(nominal_m)))) + self.hysteresis_m / 2
 
     @property
     def true_defocus_m(self) -> float:

@@ -26,7 +26,7 @@ def sim_config(**overrides: Any) -> dict[str, Any]:
             "shape": [64, 64],
             "pixel_size_m": 5e-9,
             "oversample": 1,
-            "defocus_m": [-4e-4, 4e-4],
+            "defocus_m": [-1e-3, 1e-3],  # the simulated field is made for the largest defocus the tests set
             "dose_e_per_px": None,
             "seed": 7,
         },

@@ -34,8 +34,8 @@ def test_capability_queries(harness):
     assert len(info.sensor_shape) == 2 and 1 in info.binnings
     # A missing control is announced by the capability query and refused as NotAvailable when used anyway.
     if Capability.LENS_MODE not in caps:
-        with pytest.raises(NotAvailable):
-            harness.microscope.set_lens_mode(LensMode.TEM)
+        with pytest.raises(NotAvailable):  # (Lorentz: the one mode the default limits allow)
+            harness.microscope.set_lens_mode(LensMode.LORENTZ)
     else:
         assert harness.microscope.set_lens_mode(LensMode.LORENTZ) is LensMode.LORENTZ
     if Capability.ROI not in harness.camera.capabilities():

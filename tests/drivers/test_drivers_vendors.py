@@ -44,7 +44,8 @@ def jeol(vendor_path):
     from PyJEM._state import FAKE
 
     FAKE.reset()
-    backend = build_backend({"backend": "jeol", "jeol": {"sensor_shape": [64, 64], "focus_lens": "OM"}})
+    backend = build_backend({"backend": "jeol", "jeol": {"sensor_shape": [64, 64], "focus_lens": "OM"},
+                             "limits": {"lens_modes": ["lorentz", "tem", "diffraction", "unknown"]}})
     yield backend, FAKE
     backend.close()
 
