@@ -118,6 +118,10 @@ class Controller:
         #: compact feedback decisions (newest last, bounded): sent with every calibration event
         self._calibration_history: deque[dict[str, Any]] = deque(maxlen=200)  # 200 x ~220 B < MAX_HEADER_BYTES
         self._claimed: set[int] = set()  # series whose result is being or has been handled (first one wins)
+        #: results taken but not yet written: they wait for the results of earlier series (in-order writing)
+        self._held: dict[int, tuple] = {}
+        self._next_result = 0
+        self._write_lock = threading.Lock()
         self.series_index = -1
         self.frame_index = -1
         self.frames_written = 0
@@ -205,7 +209,8 @@ class Controller:
     def accept_result(
         self, series: int, status: str, reason: str, parameters: dict, provenance: dict, arrays: list[np.ndarray]
     ) -> bool:
-        """Store one series' result and feed its defocus back. Returns False for a duplicate (first one wins)."""
+        """Take one series' result; it is written and fed back in series order (several workers finish out of
+        order: a result waits for those of the series before it). Returns False for a duplicate (first wins)."""
         with self._lock:
             if series in self._claimed:
                 self.stats["duplicate_results"] += 1
@@ -220,6 +225,31 @@ class Controller:
                     self.stats["bad_results"] += 1
                     status, reason = "error", f"result refused: {problem}"
             self._claimed.add(series)
+            self._held[series] = (status, reason, parameters, provenance, arrays)
+            if series != self._next_result:
+                self.stats["results_held"] += 1
+        self._write_held()
+        return True
+
+    def _write_held(self, *, all_of_them: bool = False) -> None:
+        """Write the held results whose predecessors are written (``all_of_them``: the rest too, at the end).
+        One thread at a time: the control thread, or the acquisition thread at close."""
+        with self._write_lock:
+            while True:
+                with self._lock:
+                    if self._next_result in self._held:
+                        series = self._next_result
+                    elif all_of_them and self._held:
+                        series = min(self._held)
+                    else:
+                        return
+                    item = self._held.pop(series)
+                    self._next_result = series + 1
+                self._write_result(series, *item)
+
+    def _write_result(
+        self, series: int, status: str, reason: str, parameters: dict, provenance: dict, arrays: list[np.ndarray]
+    ) -> None:
         if status == "ok":
             with self._lock:
                 frame_ids = list(self._frames_of.get(series, []))
@@ -237,7 +267,6 @@ class Controller:
         self._log("result", f"series {series}: reconstruction {status}" + (f" ({reason})" if reason else ""),
                   series=series, status=status)
         self.stream.series_done(series)
-        return True
 
     def _feedback(self, series: int, parameters: dict) -> None:
         try:
@@ -528,6 +557,11 @@ class Controller:
                 self._wake.wait(min(left, 0.2))
 
     def _close(self) -> None:
+        if self.writer is not None and self._held:
+            # results still waiting for an earlier series that never came (its worker gone): write them now
+            logger.warning("writing {} result(s) whose earlier series has none: {}", len(self._held),
+                           sorted(self._held))
+            self._write_held(all_of_them=True)
         with self._lock:
             if self.state != RunState.ERROR:
                 self._set_state(RunState.DONE)

@@ -36,10 +36,11 @@ STOP_GRACE_S = 10.0  # a stop waits for the frame in flight (an exposure, a simu
 class Child:
     """One role's process: started, waited for READY, stopped (SIGINT, then SIGKILL after the grace)."""
 
-    def __init__(self, role: str, cfg: RunConfig, log_dir: Path, *, log_level: str = "INFO"):
+    def __init__(self, role: str, cfg: RunConfig, log_dir: Path, *, log_level: str = "INFO", name: str = ""):
         self.role = role
+        self.name = name or role
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{role}.log"
+        self.log_path = log_dir / f"{self.name}.log"
         self._log = open(self.log_path, "a", encoding="utf-8")
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
@@ -47,11 +48,18 @@ class Child:
         group = (
             {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {"start_new_session": True}
         )
-        cmd = [sys.executable, "-m", "ltemlive.session.roles", role, "--config-json",
-               json.dumps(cfg.model_dump(mode="json")), "--log-level", log_level]
+        # The config goes on stdin: a command line is readable by every user of the machine (ps).
+        cmd = [sys.executable, "-m", "ltemlive.session.roles", role, "--config-json", "-", "--log-level", log_level]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env, bufsize=1, **group
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env, bufsize=1,
+            **group,
         )
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(cfg.model_dump(mode="json")) + "\n")
+            self.proc.stdin.close()
+        except OSError:  # it died at once: wait_ready says why
+            pass
         self._lines: queue.Queue[str | None] = queue.Queue()
         assert self.proc.stdout is not None
         threading.Thread(target=_pump, args=(self.proc.stdout, self._lines), daemon=True).start()
@@ -151,14 +159,14 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
             cfg = cfg.with_endpoints(instrument=supervisor.endpoint)
             console.print(f"  instrument server ({cfg.instrument.get('backend', 'simulated')}) on "
                           f"{supervisor.endpoint}")
-        for role in ("publisher", "controller", "reconstructor"):
+        for role, name, role_cfg in _children(cfg):
             if interrupted.is_set():
                 break
-            child = children[role] = Child(role, cfg, log_dir, log_level=log_level)
+            child = children[name] = Child(role, role_cfg(cfg), log_dir, log_level=log_level, name=name)
             got = child.wait_ready(cancel=interrupted)
             if got is None:
                 break
-            ready[role] = got
+            ready[name] = got
             if role == "publisher":
                 cfg = cfg.with_endpoints(ingest=got["ingest"], updates=got["updates"], snapshot=got["snapshot"])
                 progress = Progress(cfg, console)
@@ -204,11 +212,29 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
             signal.signal(s, h)
 
 
+def _children(cfg: RunConfig):
+    """(role, name, config for it) in start order; config is a function of the config with the endpoints
+    found so far. Several reconstructors each get their own worker name (and log file)."""
+    from ltemlive.recon_service.config import worker_names
+
+    yield "publisher", "publisher", lambda c: c
+    yield "controller", "controller", lambda c: c
+    names = worker_names(cfg.reconstructor.worker, cfg.reconstructor.count)
+    for i, worker in enumerate(names):
+        name = "reconstructor" if i == 0 else f"reconstructor-{worker}"
+
+        def with_name(c: RunConfig, worker: str = worker) -> RunConfig:
+            return c.model_copy(update={"reconstructor": c.reconstructor.model_copy(update={"worker": worker})})
+
+        yield "reconstructor", name, with_name
+
+
 def _shutdown(children: dict[str, Child], supervisor, interrupted: bool) -> int:
     """Stop every child (all signalled at once, each given the same grace), the instrument server last: the
     controller may still need it to restore the defocus. The controller's exit code is the session's."""
     code = 0
-    order = [r for r in ("controller", "reconstructor", "publisher") if r in children]
+    order = ["controller", *(n for n in children if n.startswith("reconstructor")), "publisher"]
+    order = [r for r in order if r in children]
     if interrupted or "controller" not in children:
         for r in order:
             children[r].signal_stop()

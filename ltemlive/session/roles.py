@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
+from pydantic import ValidationError
 
 from ltemlive.session.config import ROLES, ConfigError, RunConfig, check_everything, load_run_config
 
@@ -189,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", help="session YAML (default: the built-in defaults)")
     src.add_argument("--config-json", help=argparse.SUPPRESS)  # what ltemlive run passes to its children
+    p.add_argument("--worker", default=None,
+                   help="reconstructor only: this worker's name (overrides reconstructor.worker), to run several "
+                   "workers from one config, e.g. gpu-1 and gpu-2 on a two-GPU workstation")
     p.add_argument("--log-level", default="INFO")
     ns = p.parse_args(argv)
     logger.remove()
@@ -197,11 +201,22 @@ def main(argv: list[str] | None = None) -> int:
     logger.add(sys.stderr, level=ns.log_level.upper(), format=log_format, diagnose=False)
     try:
         if ns.config_json:
-            cfg = RunConfig.model_validate(json.loads(ns.config_json))
+            # "-": on stdin (ltemlive run's way: a command line is readable by every user of the machine)
+            text = sys.stdin.readline() if ns.config_json == "-" else ns.config_json
+            cfg = RunConfig.model_validate(json.loads(text))
             source = "config"
         else:
             cfg = load_run_config(ns.config)
             source = ns.config or "defaults"
+        if ns.worker is not None:
+            if ns.role != "reconstructor":
+                raise ConfigError("--worker: only for the reconstructor role")
+            recon = {**cfg.reconstructor.model_dump(), "worker": ns.worker}
+            try:
+                cfg = RunConfig.model_validate({**cfg.model_dump(mode="json"), "reconstructor": recon})
+            except ValidationError:
+                raise ConfigError(f"--worker: {ns.worker!r} is not a worker name (1-64 characters of A-Z a-z "
+                                  "0-9 _ . : -)") from None
         check_everything(cfg, source, role=ns.role)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

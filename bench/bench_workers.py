@@ -1,0 +1,89 @@
+"""Several live reconstructor workers on one acquisition: series per minute with 1 and with N workers.
+
+A reconstructor-bound session (instant simulated instrument in the controller's process, no feedback wait,
+a fixed number of iterations, one torch thread per worker, no live previews) is run with `reconstructor.count`
+1 and N; the time from the first frame on disk to the last result in the run file gives series per minute.
+Next to it, the bound measured in the same run: one worker's series per minute times N (perfect scaling).
+
+    python bench/bench_workers.py [--workers 2] [--series 8] [--size 128] [--iterations 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine  # noqa: E402
+from ltemlive.session.config import RunConfig  # noqa: E402
+from ltemlive.session.launch import run_session  # noqa: E402
+
+
+def session_config(out: Path, workers: int, series: int, size: int, iterations: int) -> RunConfig:
+    data = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    sim = data["instrument"]["simulated"]
+    sim["time_scale"] = 0.0
+    sim["simulation"].update({"shape": [size, size], "specimen": "vortex_disc"})
+    data["session"]["output_dir"] = str(out)
+    data["plan"].update({"repeats": series, "wait_for_feedback_s": 0, "exposure_s": 0.1, "dose_e_per_px": 50.0})
+    data["controller"] = {**(data.get("controller") or {}), "instrument_mode": "in_process"}
+    data["reconstruction"] = {**(data.get("reconstruction") or {}), "max_iter": iterations}
+    data["reconstructor"] = {**(data.get("reconstructor") or {}), "count": workers, "live": False, "threads": 1}
+    return RunConfig.model_validate(data)
+
+
+def series_per_minute(run_file: Path) -> tuple[float, int]:
+    """From the first frame on disk to the last result's event in the run file."""
+    with h5py.File(run_file, "r") as f:
+        t_first = float(np.min(f["frames/t_written_epoch_s"][:]))
+        n = int(f["reconstructions/series_index"].shape[0])
+        kinds = f["events/kind"].asstr()[:]
+        t_events = f["events/t_epoch_s"][:]
+    t_last = float(max(t for k, t in zip(kinds, t_events, strict=True) if k == "result"))
+    return 60.0 * n / (t_last - t_first), n
+
+
+def run(workers: int, args) -> tuple[float, float]:
+    from rich.console import Console
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = session_config(Path(tmp), workers, args.series, args.size, args.iterations)
+        t0 = time.perf_counter()
+        code = run_session(cfg, Console(quiet=True), log_level="WARNING", summary=False)
+        wall = time.perf_counter() - t0
+        if code != 0:
+            raise SystemExit(f"session with {workers} worker(s) failed (exit {code})")
+        run_file = next(Path(tmp).glob("*.h5"))
+        spm, n = series_per_minute(run_file)
+        assert n == args.series, f"{n} of {args.series} series reconstructed"
+        return spm, wall
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--series", type=int, default=8)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--iterations", type=int, default=120)
+    args = p.parse_args()
+    print(f"machine: {machine()}")
+    print(f"{args.series} series of 4 images {args.size}^2, {args.iterations} iterations, 1 thread per worker")
+    one, wall1 = run(1, args)
+    many, wall_n = run(args.workers, args)
+    print(f"  1 worker : {one:6.1f} series/min (session {wall1:.1f} s)")
+    print(f"  {args.workers} workers: {many:6.1f} series/min (session {wall_n:.1f} s)")
+    print(f"  speed-up {many / one:.2f}x; bound {args.workers:.0f}x (perfect scaling of the 1-worker figure, "
+          f"{one * args.workers:.1f} series/min)")
+
+
+if __name__ == "__main__":
+    main()
