@@ -53,6 +53,7 @@ from drivers.protocol import (
     decode_header,
     encode_header,
 )
+from ltemlive.wire import security
 
 __all__ = ["InstrumentClient", "RemoteCamera", "RemoteMicroscope", "connect"]
 
@@ -73,8 +74,11 @@ class InstrumentClient:
         heartbeat_s: float = 0.5,
         liveness_s: float = 3.0,
         context: zmq.Context | None = None,
+        server_key: str = "instrument",
     ) -> None:
         self.endpoint = endpoint
+        #: the name of the server's key in the keyring, when CURVE is on (ltemlive.wire.security)
+        self.server_key = server_key
         self.timeout_s = timeout_s
         self.heartbeat_s = heartbeat_s
         self.liveness_s = liveness_s
@@ -102,6 +106,7 @@ class InstrumentClient:
             s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             s.setsockopt(zmq.SNDHWM, 16)
             s.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_FRAME_BYTES)  # a server gone wrong cannot exhaust our memory
+            security.connect(s, self.server_key)
             s.connect(self.endpoint)
             self._sock = s
         return self._sock

@@ -16,6 +16,7 @@ __all__ = [
     "LimitViolation",
     "NotAvailable",
     "OutOfRange",
+    "PermissionDenied",
     "ProtocolError",
     "ServerUnreachable",
     "error_from_wire",
@@ -54,6 +55,10 @@ class ProtocolError(InstrumentError):
     """A message on the instrument-server wire was malformed, unsupported or failed validation."""
 
 
+class PermissionDenied(InstrumentError):
+    """The sender's key (its role) may not make this request: a monitor key asking to move the lens."""
+
+
 #: Wire name -> class. Only these names are ever re-raised by a client; anything else becomes HardwareFault.
 ERROR_TYPES: dict[str, type[InstrumentError]] = {
     cls.__name__: cls
@@ -66,6 +71,7 @@ ERROR_TYPES: dict[str, type[InstrumentError]] = {
         LimitViolation,
         HardwareFault,
         ProtocolError,
+        PermissionDenied,
     )
 }
 

@@ -35,7 +35,14 @@ import zmq
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.errors import InstrumentError, InstrumentTimeout, LimitViolation, NotAvailable, ProtocolError
+from drivers.errors import (
+    InstrumentError,
+    InstrumentTimeout,
+    LimitViolation,
+    NotAvailable,
+    PermissionDenied,
+    ProtocolError,
+)
 from drivers.interface import Camera, Frame, Microscope
 from drivers.protocol import (
     ACTING_METHODS,
@@ -54,6 +61,7 @@ from drivers.protocol import (
     encode_header,
     error_info,
 )
+from ltemlive.wire import security
 
 __all__ = ["Backend", "InstrumentServer", "ServerConfig", "main"]
 
@@ -61,6 +69,9 @@ __all__ = ["Backend", "InstrumentServer", "ServerConfig", "main"]
 MAX_REQUEST_BYTES = 64 * 1024
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
+#: roles whose keys may make requests that act on the instrument, and those that may read it (with CURVE on)
+ACTING_ROLES = ("acquisition",)
+READING_ROLES = ("acquisition", "operator", "monitor", "reconstructor", "server")
 #: request ids remembered for idempotent retries (a repeated id gets the first reply, never a second execution)
 RECENT_IDS = 256
 
@@ -83,6 +94,10 @@ class ServerConfig(BaseModel):
         120.0, description="largest budget of one request, and of a camera exposure's timeout (s)")
     max_start_window_s: Annotated[float, Field(gt=0, le=600, allow_inf_nan=False)] = Field(
         60.0, description="a request's start_by_s may lie at most this far in the server's future (s)")
+    keys_dir: str | None = Field(
+        None, description="CURVE keyring folder (ltemlive keys): only its keys get in; needed to bind beyond "
+        "loopback. Acting requests need a key of role acquisition, reads any key")
+    key: str = Field("instrument", description="this server's own key in keys_dir")
 
 
 @dataclass
@@ -165,9 +180,11 @@ class InstrumentServer:
         router.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         router.setsockopt(zmq.SNDHWM, 64)
+        security.serve(router)
         try:
             router.bind(self._requested_endpoint)
-        except zmq.ZMQError:
+            security.check_refuses_strangers(router)
+        except (zmq.ZMQError, security.SecurityError):
             router.close()
             raise
         self._router = router
@@ -185,12 +202,14 @@ class InstrumentServer:
         if not self._ready.wait(self._startup_timeout_s):
             self._stop.set()
             self._close_io_sockets()
+            security.release(self._ctx)
             self._ctx.destroy(linger=0)  # the owner thread may still be stuck in the vendor constructor
             raise InstrumentTimeout(f"backend did not start within {self._startup_timeout_s} s")
         if self._init_error is not None:
             self._stop.set()
             self._owner.join(5)
             self._close_io_sockets()
+            security.release(self._ctx)
             self._ctx.term()
             raise self._init_error
 
@@ -224,11 +243,13 @@ class InstrumentServer:
     def _join_and_term(self) -> None:
         if self._ctx.closed:
             return
+        security.release(self._ctx)
         if self._owner is not None:
             self._owner.join(5)
             if self._owner.is_alive():
                 # A vendor call that never returns cannot be interrupted; do not wait for it forever.
                 logger.error("backend owner thread still busy at shutdown; abandoning it")
+                security.release(self._ctx)
                 self._ctx.destroy(linger=0)
                 return
         self._ctx.term()
@@ -452,6 +473,14 @@ class InstrumentServer:
             logger.warning("{} {} refused: {}", req.method, req.id, exc)
             self._nack(identity, req.id, exc)
             return
+        if not security.allowed(frames[2], ACTING_ROLES if req.method in ACTING_METHODS else READING_ROLES):
+            self._count("denied")
+            who = security.sender_of(frames[2])
+            logger.warning("{} {} refused: key {} may not", req.method, req.id,
+                           f"{who.name} ({who.role})" if who else "unknown")
+            self._nack(identity, req.id, PermissionDenied(
+                f"{req.method}: not allowed for this key's role (acting needs {', '.join(ACTING_ROLES)})"))
+            return
         if req.method == "ping":
             now = time.monotonic()
             result = {
@@ -592,6 +621,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server_cfg = ServerConfig.model_validate(config.get("server") or {})
     endpoint = ns.endpoint or server_cfg.endpoint or "tcp://127.0.0.1:*"
+    try:
+        if server_cfg.keys_dir:
+            security.configure(server_cfg.keys_dir, server_cfg.key)
+        elif not security.loopback_only(endpoint):
+            raise security.SecurityError(
+                f"binding {endpoint} beyond loopback needs CURVE keys: server.keys_dir (ltemlive keys create "
+                f"{server_cfg.key} --role server), or bind tcp://127.0.0.1"
+            )
+    except security.SecurityError as exc:
+        print(f"error: {source}: {exc}", file=sys.stderr)
+        return 2
     server = InstrumentServer(lambda: build_backend(config), endpoint, config=server_cfg)
 
     def _on_signal(signum: int, _frame: object) -> None:

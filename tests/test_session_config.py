@@ -24,12 +24,30 @@ def test_default_config_is_valid_and_miscalibrated_on_purpose():
         assert getattr(cfg.endpoints, name).startswith("tcp://127.0.0.1:")  # loopback unless configured
 
 
-def test_split_deployment_examples_are_valid():
-    pc = load_run_config(ROOT / "config/split-microscope-pc.yaml")
+def test_split_deployment_examples_are_valid(tmp_path):
+    from ltemlive.wire.security import Keyring
+
+    ring = Keyring(tmp_path / "keys")  # the examples bind beyond loopback: they name a keyring
+    for name, role in (("controller", "acquisition"), ("publisher", "server"), ("gpu-1", "reconstructor")):
+        ring.create(name, role)
+    keys = {"security": {"keys_dir": str(ring.directory)}}
+    pc = load_run_config(ROOT / "config/split-microscope-pc.yaml", keys)
+    assert pc.security.keys_dir is not None
     check_everything(pc, "split-microscope-pc.yaml", role="controller")
-    ws = load_run_config(ROOT / "config/split-gpu-workstation.yaml")
+    ws = load_run_config(ROOT / "config/split-gpu-workstation.yaml", keys)
+    check_everything(ws.model_copy(update={"reconstruction": {}}), "split-gpu-workstation.yaml", role="reconstructor")
     assert ws.endpoints.frames == pc.endpoints.frames and ws.endpoints.control == pc.endpoints.control
-    assert ws.reconstruction["device"] == "cuda"
+    assert load_run_config(ROOT / "config/split-gpu-workstation.yaml").reconstruction["device"] == "cuda"
+
+
+def test_binding_beyond_loopback_without_keys_is_refused():
+    cfg = load_run_config(ROOT / "config/split-microscope-pc.yaml", {"security": {}})
+    with pytest.raises(ConfigError, match=r"endpoints.frames: binding tcp://10.0.0.10:7101 beyond loopback needs "
+                                          r"CURVE keys"):
+        check_everything(cfg, "x.yaml", role="controller")
+    local = load_run_config(None, {"bind": {"updates": "tcp://0.0.0.0:7202"}})
+    with pytest.raises(ConfigError, match="endpoints.updates"):
+        check_everything(local, "x.yaml", role="publisher")
 
 
 def write(tmp_path, data) -> Path:

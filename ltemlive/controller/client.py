@@ -9,6 +9,7 @@ import zmq
 
 from ltemlive import wire
 from ltemlive.wire import control as cm
+from ltemlive.wire import security
 
 __all__ = ["ControlClient", "ControllerUnreachable"]
 
@@ -29,6 +30,7 @@ class ControlClient:
         if self._sock is None:
             s = self._ctx.socket(zmq.DEALER)
             wire.configure(s, max_msg_bytes=1 << 20)
+            security.connect(s, "controller")
             s.connect(self.endpoint)
             self._sock = s
         return self._sock

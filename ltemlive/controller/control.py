@@ -18,6 +18,11 @@ from loguru import logger
 from ltemlive import wire
 from ltemlive.controller.controller import Controller
 from ltemlive.wire import control as cm
+from ltemlive.wire import security
+
+#: with CURVE on: who may send what (docs/security.md). Anyone with a key may ask for the status.
+RESULT_ROLES = ("reconstructor",)
+COMMAND_ROLES = ("operator",)
 
 __all__ = ["ControlServer"]
 
@@ -31,9 +36,11 @@ class ControlServer:
         self._ctx = context
         self._sock = context.socket(zmq.ROUTER)
         wire.configure(self._sock, max_msg_bytes=MAX_CONTROL_BYTES, sndhwm=256)
+        security.serve(self._sock)
         try:
             self._sock.bind(endpoint)
-        except zmq.ZMQError:
+            security.check_refuses_strangers(self._sock)
+        except (zmq.ZMQError, security.SecurityError):
             self._sock.close(linger=0)
             raise
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -79,6 +86,14 @@ class ControlServer:
             self.stats["reply_dropped"] += 1
             logger.debug("control reply dropped: {}", exc)
 
+    @staticmethod
+    def _roles_for(msg: wire.Envelope) -> tuple[str, ...]:
+        if isinstance(msg, cm.Result):
+            return RESULT_ROLES
+        if isinstance(msg, cm.Command) and msg.action == "status":
+            return security.ROLES
+        return COMMAND_ROLES
+
     def _handle(self, frames: list[Any]) -> None:
         identity = frames[0].bytes
         try:
@@ -88,6 +103,18 @@ class ControlServer:
             if self.stats["malformed"] <= 10 or self.stats["malformed"] % 1000 == 0:
                 logger.warning("control: malformed message dropped ({} so far): {}", self.stats["malformed"], exc)
             return
+        if not security.allowed(frames[1], self._roles_for(msg)):
+            self.stats["denied"] += 1
+            who = security.sender_of(frames[1])
+            what = msg.action if isinstance(msg, cm.Command) else "result"
+            logger.warning("control: {} from key {} refused: its role may not", what,
+                           f"{who.name} ({who.role})" if who else "unknown")
+            if isinstance(msg, cm.Command):
+                self._reply(identity, cm.Reply(id=msg.id, ok=False, message=f"refused: {what} needs an operator key"))
+            return
+        if isinstance(msg, cm.Command):
+            who = security.sender_of(frames[1])
+            logger.info("control: {} from {}", msg.action, f"key {who.name} ({who.role})" if who else "loopback")
         if isinstance(msg, cm.Result):
             self.stats["results"] += 1
             if msg.series is None:

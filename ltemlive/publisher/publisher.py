@@ -57,6 +57,7 @@ from loguru import logger
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ltemlive import wire
+from ltemlive.wire import security
 from ltemlive.wire.updates import (
     INGEST,
     SNAPSHOT_REQUESTS,
@@ -92,6 +93,8 @@ STAT_KEYS = (
     "errors",  # unexpected exceptions while handling one message (a bug: logged with a traceback)
 )
 
+#: with CURVE on: the roles whose keys may publish events (any key may subscribe and ask for snapshots)
+SOURCE_ROLES = ("acquisition", "reconstructor")
 #: Snapshot requests are tiny JSON headers; a peer sending more is disconnected by libzmq.
 MAX_SNAPSHOT_REQUEST_BYTES = 64 * 1024
 #: Messages handled per socket before the loop looks at the other socket, the heartbeat and the stop flag.
@@ -245,7 +248,9 @@ class Publisher:
         sock = self._ctx.socket(kind)
         self._sockets.append(sock)
         wire.configure(sock, **options)
+        security.serve(sock)
         sock.bind(endpoint)
+        security.check_refuses_strangers(sock)
         return sock
 
     # -- life cycle -----------------------------------------------------------------------------------------
@@ -300,6 +305,7 @@ class Publisher:
                 sock.close(linger=0)
             self._sockets.clear()
             if self._own_context:
+                security.release(self._ctx)
                 self._ctx.term()
 
     def __enter__(self) -> Publisher:
@@ -381,6 +387,10 @@ class Publisher:
             self._warn.warning("malformed_ingest", "publisher: malformed message on ingest dropped: {}", exc)
             return
         assert isinstance(msg, Event)
+        if not security.allowed(frames[0], SOURCE_ROLES):
+            self.stats["refused"] += 1
+            self._warn.warning("denied", "publisher: event from a key that is not a source's refused")
+            return
         if msg.topic == "hb":
             self.stats["refused"] += 1
             self._warn.warning("refused", "publisher: event on reserved topic 'hb' from {!r} refused", msg.source)

@@ -20,6 +20,7 @@ from loguru import logger
 
 from ltemlive import wire
 from ltemlive.publisher.publisher import RateLimitedLog
+from ltemlive.wire import security
 from ltemlive.wire.updates import INGEST, TOPICS, Event
 
 __all__ = ["EventSink", "downsample"]
@@ -75,6 +76,7 @@ class EventSink:
         self._sock: zmq.Socket | None = ctx.socket(zmq.PUSH)
         try:
             wire.configure(self._sock, sndhwm=hwm)
+            security.connect(self._sock, "publisher")
             self._sock.connect(endpoint)
         except BaseException:
             self._sock.close(linger=0)

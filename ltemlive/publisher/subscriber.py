@@ -32,6 +32,7 @@ import zmq
 
 from ltemlive import wire
 from ltemlive.publisher.publisher import RateLimitedLog
+from ltemlive.wire import security
 from ltemlive.wire.updates import (
     SNAPSHOT_REQUESTS,
     TOPICS,
@@ -58,6 +59,7 @@ def _ask(address: str, request, timeout_s: float, context: zmq.Context | None,
     sock = ctx.socket(zmq.DEALER)
     try:
         wire.configure(sock, max_msg_bytes=max_msg_bytes, sndhwm=4)
+        security.connect(sock, "publisher")
         sock.connect(address)
         sock.send_multipart(SNAPSHOT_REQUESTS.encode(request), zmq.NOBLOCK)
         deadline = time.monotonic() + timeout_s
@@ -173,6 +175,7 @@ class Subscriber:
             else:
                 for t in (*self.topics, "hb"):
                     self._sub.setsockopt(zmq.SUBSCRIBE, t.encode())
+            security.connect(self._sub, "publisher")
             self._sub.connect(updates_endpoint)
             self._request_snapshot()  # after subscribing (Clone): no update falls between the two
         except BaseException:
@@ -225,6 +228,7 @@ class Subscriber:
             self._dealer.close(linger=0)  # a fresh socket: no stale reply of an abandoned request
         self._dealer = self._ctx.socket(zmq.DEALER)
         wire.configure(self._dealer, max_msg_bytes=self._max_msg_bytes, sndhwm=4)
+        security.connect(self._dealer, "publisher")
         self._dealer.connect(self.snapshot_endpoint)
 
     def _request_snapshot(self) -> None:

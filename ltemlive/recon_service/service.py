@@ -39,6 +39,7 @@ from ltemlive.reconstruct.streaming import StreamingReconstruction
 from ltemlive.stream.client import FrameStreamClient, StreamItem
 from ltemlive.wire import control as cm
 from ltemlive.wire import frames as fm
+from ltemlive.wire import security
 
 __all__ = ["ReconstructorService", "ReconstructorServiceConfig"]
 
@@ -335,6 +336,7 @@ class ReconstructorService:
         wire.configure(ctl, max_msg_bytes=1 << 20, sndhwm=64)
         ctl.setsockopt(zmq.RECONNECT_IVL, 100)
         ctl.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        security.connect(ctl, "controller")
         ctl.connect(self.control_endpoint)
         sink = None
         if self.events_endpoint:

@@ -114,6 +114,25 @@ class ControllerSection(_Section):
     )
 
 
+class SecuritySection(_Section):
+    """CURVE on every channel (docs/security.md). Off (no keys_dir): every socket must be loopback-only."""
+
+    keys_dir: Path | None = Field(
+        None, description="keyring folder (ltemlive keys create NAME --role ROLE): each role uses its own key - "
+        "instrument, controller, publisher, the reconstructor's worker name - and lets in only keys found here"
+    )
+
+
+#: the key each role uses (the reconstructor: its worker name)
+ROLE_KEYS = {"instrument": "instrument", "controller": "controller", "publisher": "publisher"}
+#: what each role binds (its sockets' endpoints)
+BINDS = {
+    "instrument": ("instrument",),
+    "controller": ("frames", "control"),
+    "publisher": ("ingest", "updates", "snapshot"),
+}
+
+
 class OpticsSection(_Section):
     """The microscope's optics as the reconstructor needs them (for the simulated instrument they default to
     its simulation's values)."""
@@ -144,6 +163,10 @@ class RunConfig(_Section):
     reconstructor: ReconstructorServiceConfig = Field(default_factory=ReconstructorServiceConfig)
     reconstruction: dict[str, Any] = Field(default_factory=dict)
     publisher: PublisherConfig = Field(default_factory=PublisherConfig)
+    security: SecuritySection = Field(default_factory=SecuritySection)
+
+    def key_name(self, role: str) -> str:
+        return self.reconstructor.worker if role == "reconstructor" else ROLE_KEYS[role]
 
     def bind_address(self, name: str) -> str:
         return getattr(self.bind, name) or getattr(self.endpoints, name)
@@ -249,6 +272,7 @@ def check_everything(cfg: RunConfig, source: str = "config", role: str | None = 
     if role in (None, "reconstructor"):
         reconstruction_config(cfg, source)
     _connectable(cfg, source, role)
+    _secured(cfg, source, role)
     if role in ("reconstructor", "publisher"):
         return
     from drivers.limits import SafetyLimits
@@ -319,6 +343,31 @@ def _connectable(cfg: RunConfig, source: str, role: str | None) -> None:
                 f"{source}: endpoints.{name}: {ep} has no port, but the {role} connects there; give the address "
                 f"the other role bound (e.g. tcp://127.0.0.1:7101; config/split-*.yaml), or use ltemlive run"
             )
+
+
+def _secured(cfg: RunConfig, source: str, role: str | None) -> None:
+    """Nothing binds beyond loopback without CURVE keys; with keys, this host has the role's own secret key."""
+    from ltemlive.wire import security
+
+    roles = [role] if role else ["controller", "publisher"] + (
+        ["instrument"] if cfg.controller.instrument_mode == "remote" else [])
+    if cfg.security.keys_dir is None:
+        for r in roles:
+            for name in BINDS.get(r, ()):
+                ep = cfg.bind_address(name)
+                if not security.loopback_only(ep):
+                    raise ConfigError(
+                        f"{source}: endpoints.{name}: binding {ep} beyond loopback needs CURVE keys: set "
+                        "security.keys_dir (ltemlive keys create ...; docs/security.md), or bind tcp://127.0.0.1"
+                    )
+        return
+    ring = security.Keyring(cfg.security.keys_dir)
+    for r in roles if role else ["controller", "publisher", "reconstructor"] + (
+            ["instrument"] if cfg.controller.instrument_mode == "remote" else []):
+        try:
+            ring.secret(cfg.key_name(r))
+        except security.SecurityError as exc:
+            raise ConfigError(f"{source}: security.keys_dir: {exc}") from None
 
 
 def reconstruction_config(cfg: RunConfig, source: str = "config"):

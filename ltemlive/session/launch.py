@@ -153,8 +153,16 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
     try:
         console.print(f"[bold]ltemlive run[/] session [bold]{cfg.session.name}[/]: {cfg.plan.repeats} series of "
                       f"{len(cfg.plan.defocus_m)} images; logs in {log_dir}")
+        instrument = cfg.instrument
+        if cfg.security.keys_dir is not None:
+            from ltemlive.wire import security
+
+            # this process watches (the update stream, the instrument server's pongs) with the controller's key
+            security.configure(cfg.security.keys_dir, cfg.key_name("controller"))
+            instrument = {**instrument, "server": {**(instrument.get("server") or {}),
+                                                   "keys_dir": str(cfg.security.keys_dir), "key": "instrument"}}
         if cfg.controller.instrument_mode == "remote":
-            supervisor = Supervisor(cfg.instrument, cfg.bind_address("instrument"), log_level="WARNING")
+            supervisor = Supervisor(instrument, cfg.bind_address("instrument"), log_level="WARNING")
             supervisor.start()
             cfg = cfg.with_endpoints(instrument=supervisor.endpoint)
             console.print(f"  instrument server ({cfg.instrument.get('backend', 'simulated')}) on "

@@ -25,6 +25,7 @@ from ltemlive.session.config import RunConfig, reconstruction_config
 from ltemlive.storage.runfile import RunFileError, RunReader, RunWriter, new_run_path
 from ltemlive.stream.server import FrameStreamServer
 from ltemlive.wire import frames as fm
+from ltemlive.wire import security
 
 __all__ = ["replay"]
 
@@ -166,6 +167,7 @@ def replay(runfile: Path, cfg: RunConfig, console, *, out_dir: Path | None = Non
             control.stop()
             stream.stop()
             writer.close()
+            security.release(ctx)
             ctx.destroy(linger=0)
     done = sum(v == "ok" for v in rc.results.values())
     console.print(f"replay: {done} of {len(series)} series reconstructed -> {path}")

@@ -96,6 +96,9 @@ def serve_controller(cfg: RunConfig, stop: threading.Event, on_ready: Ready, *, 
                 part.close()
             except Exception:
                 logger.exception("closing {}", part)
+        from ltemlive.wire import security
+
+        security.release(ctx)
         ctx.destroy(linger=0)
     return 0 if state.value == "done" and controller.outcome == "complete" else 1
 
@@ -167,6 +170,10 @@ def serve_role(role: str, cfg: RunConfig, *, config_yaml: str = "") -> int:
         print("READY " + json.dumps({"role": role, **endpoints}), flush=True)
         logger.info("{} ready: {}", role, endpoints)
 
+    if cfg.security.keys_dir is not None:
+        from ltemlive.wire import security
+
+        security.configure(cfg.security.keys_dir, cfg.key_name(role))
     return SERVE[role](cfg, stop, ready, config_yaml=config_yaml)
 
 

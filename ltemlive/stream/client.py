@@ -20,6 +20,7 @@ from loguru import logger
 
 from ltemlive import wire
 from ltemlive.wire import frames as fm
+from ltemlive.wire import security
 
 __all__ = ["FrameStreamClient", "StreamItem"]
 
@@ -65,6 +66,7 @@ class FrameStreamClient:
         wire.configure(s, max_msg_bytes=self._max_frame_bytes, rcvhwm=max(2 * self.window, 8))
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        security.connect(s, "controller")
         s.connect(self.endpoint)
         return s
 

@@ -29,6 +29,7 @@ from loguru import logger
 
 from ltemlive import wire
 from ltemlive.wire import frames as fm
+from ltemlive.wire import security
 
 __all__ = ["FrameStreamServer"]
 
@@ -131,9 +132,11 @@ class FrameStreamServer:
         s = self._ctx.socket(zmq.ROUTER)
         # Upstream messages are tiny (HELLO, CREDIT): a peer sending anything big is not a reconstructor.
         wire.configure(s, max_msg_bytes=64 * 1024, sndhwm=self._sndhwm)
+        security.serve(s)
         try:
             s.bind(self._requested)
-        except zmq.ZMQError:
+            security.check_refuses_strangers(s)
+        except (zmq.ZMQError, security.SecurityError):
             s.close(linger=0)
             raise
         self._sock = s
@@ -155,6 +158,7 @@ class FrameStreamServer:
         self._wake_r.close()
         self._wake_w.close()
         if self._own_ctx:
+            security.release(self._ctx)
             self._ctx.term()
 
     def __enter__(self) -> FrameStreamServer:
@@ -280,6 +284,13 @@ class FrameStreamServer:
             self.stats["malformed"] += 1
             if self.stats["malformed"] <= 10 or self.stats["malformed"] % 1000 == 0:
                 logger.warning("frame stream: malformed message dropped ({} so far): {}", self.stats["malformed"], exc)
+            return
+        if not security.allowed(frames[1], ("reconstructor",)):
+            self.stats["denied"] += 1  # a key that is not a reconstructor's: frames are not for it
+            if self.stats["denied"] <= 10 or self.stats["denied"] % 1000 == 0:
+                who = security.sender_of(frames[1])
+                logger.warning("frame stream: {} from key {} refused", type(msg).__name__,
+                               f"{who.name} ({who.role})" if who else "unknown")
             return
         with self._lock:
             self._liveness.heard(identity)
