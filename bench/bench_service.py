@@ -56,11 +56,12 @@ CONSUMER = textwrap.dedent(
     import zmq
     from loguru import logger
     from ltemlive.stream.client import FrameStreamClient
+    from ltemlive.wire import security
 
     logger.remove()
 
     def stream(endpoint, n, window, timeout_s):
-        client = FrameStreamClient(endpoint, "bench-consumer", window=window)
+        client = FrameStreamClient(endpoint, "recon-1", window=window)
         got, nbytes, t_first, t_last = 0, 0, None, None
         deadline = time.monotonic() + timeout_s
         try:
@@ -87,6 +88,7 @@ CONSUMER = textwrap.dedent(
         ctx = zmq.Context()
         s = ctx.socket(zmq.PULL)
         s.setsockopt(zmq.LINGER, 0)
+        security.connect(s, "controller")  # CURVE when the command said so (a no-op otherwise)
         s.connect(endpoint)
         got, nbytes, t_first, t_last = 0, 0, None, None
         deadline = time.monotonic() + timeout_s
@@ -118,6 +120,9 @@ CONSUMER = textwrap.dedent(
             previous = None
         if cmd["kind"] == "quit":
             break
+        security.deconfigure()
+        if cmd.get("keys"):
+            security.configure(cmd["keys"], "recon-1")
         if cmd["kind"] == "stream":
             out, previous = stream(cmd["endpoint"], cmd["n"], cmd["window"], cmd["timeout_s"])
         else:
@@ -144,6 +149,11 @@ class Consumer:
         return json.loads(line)
 
     def send(self, **cmd: Any) -> None:
+        from ltemlive.wire import security
+
+        key = security.configured()
+        if key is not None and "keys" not in cmd and cmd.get("kind") != "quit":
+            cmd["keys"] = str(security._config.keyring.directory)  # the consumer speaks as recon-1 of that ring
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
@@ -208,6 +218,9 @@ def raw_once(consumer: Consumer, endpoint: str, frame: np.ndarray, n: int, copy_
     ctx = zmq.Context()
     s = ctx.socket(zmq.PUSH)
     s.setsockopt(zmq.LINGER, 0)
+    from ltemlive.wire import security
+
+    security.serve(s)
     try:
         s.bind(endpoint)
         consumer.send(kind="rawcopy" if copy_out else "raw", endpoint=s.getsockopt_string(zmq.LAST_ENDPOINT), n=n,
@@ -217,6 +230,7 @@ def raw_once(consumer: Consumer, endpoint: str, frame: np.ndarray, n: int, copy_
         r = consumer.reply()
     finally:
         s.close()
+        security.release(ctx)
         ctx.term()
     return _rate(r, n, frame.nbytes)
 
@@ -266,6 +280,43 @@ def block_stream(args: argparse.Namespace, tmp: Path) -> None:
             print(f"    stream / raw: best {best_ratio:.2f}x, median {med_ratio:.2f}x (goal >= 0.8x: {verdict}); "
                   f"stream / (raw + copy): median {res['stream'][1][1] / res['rawcopy'][1][1]:.2f}x")
     finally:
+        consumer.close()
+
+
+def block_curve(args: argparse.Namespace, tmp: Path) -> None:
+    """1b: the same over tcp with CURVE on (the frame stream secured as in a split deployment, the consumer
+    speaking as a reconstructor key), next to raw pyzmq PUSH/PULL with CURVE in the same run."""
+    from ltemlive.wire import security
+
+    side = 2048
+    n_series, per_series = args.stream_series, args.stream_per_series
+    n = n_series * per_series
+    frame = np.random.default_rng(0).random((side, side), dtype=np.float32)
+    ring = security.Keyring(tmp / "keys")
+    ring.create("controller", "acquisition")
+    ring.create("recon-1", "reconstructor")
+    print(f"\n1b. the same with CURVE (tcp loopback, {n} frames of {frame.nbytes / 2**20:.0f} MiB, "
+          f"{args.repeats} repeats + 1 warm-up)")
+    consumer = Consumer()
+    security.configure(ring, "controller")
+    try:
+        runs: dict[str, list[tuple[float, float]]] = {"stream": [], "raw": []}
+        for r in range(args.repeats + 1):
+            got = {"stream": stream_once(consumer, "tcp://127.0.0.1:*", frame, n_series, per_series, 4),
+                   "raw": raw_once(consumer, "tcp://127.0.0.1:*", frame, n, copy_out=False)}
+            if r > 0:
+                for k, v in got.items():
+                    runs[k].append(v)
+        res = {k: _best_median(v) for k, v in runs.items()}
+        for k, name in (("stream", "FrameStreamServer -> FrameStreamClient, CURVE"),
+                        ("raw", "raw pyzmq PUSH/PULL, CURVE, copy=False (bound)")):
+            (bf, bm), (mf, mm) = res[k]
+            print(f"    {name:<56} best {bf:6.1f} frames/s {bm:7.0f} MB/s   median {mf:6.1f} frames/s {mm:7.0f} MB/s")
+        nominal = 5 * frame.nbytes / MB  # 5 frames/s of 2048^2 float32: a fast LTEM camera
+        print(f"    stream / raw (CURVE): median {res['stream'][1][1] / res['raw'][1][1]:.2f}x; stream with CURVE / "
+              f"nominal 5 frames/s ({nominal:.0f} MB/s): {res['stream'][1][1] / nominal:.1f}x (goal >= 5x)")
+    finally:
+        security.deconfigure()
         consumer.close()
 
 
@@ -541,7 +592,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller counts: the whole script in ~2 min on 2 cores")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (run files, logs)")
-    ap.add_argument("--only", default="123", help="blocks to run, e.g. 13")
+    ap.add_argument("--only", default="1c23", help="blocks to run, e.g. 13 (c: the frame stream with CURVE)")
     ap.add_argument("--log-level", default="WARNING", help="log level of the role processes (logs in the temp dir)")
     ap.add_argument("--max-iter", type=int, default=None,
                     help="reconstruction.max_iter in block 3 (default: the config's; 30 with --quick)")
@@ -569,7 +620,7 @@ def main() -> None:
     tmp_obj = tempfile.TemporaryDirectory(prefix="ltemlive-bench-")
     tmp = Path(tmp_obj.name)
     try:
-        for key, block in (("1", block_stream), ("2", block_controller), ("3", block_latency)):
+        for key, block in (("1", block_stream), ("c", block_curve), ("2", block_controller), ("3", block_latency)):
             if key in args.only:
                 print(f"\n[{load()} before block {key}]", end="")
                 block(args, tmp)
