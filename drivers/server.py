@@ -481,6 +481,9 @@ class InstrumentServer:
             self._nack(identity, req.id, PermissionDenied(
                 f"{req.method}: not allowed for this key's role (acting needs {', '.join(ACTING_ROLES)})"))
             return
+        if req.method in ACTING_METHODS:  # the audit trail: which key asked for what
+            who = security.sender_of(frames[2])
+            logger.info("{} {} from {}", req.method, req.id, f"key {who.name}" if who else "loopback (no keys)")
         if req.method == "ping":
             now = time.monotonic()
             result = {
