@@ -34,19 +34,22 @@ def test_frames_reach_disk_and_every_series_is_reconstructed(tmp_path):
         assert len(prov["parameters"]["defocus_m"]) == 4
 
 
-def test_reconstructor_killed_five_times_loses_nothing(tmp_path):
-    # Slow enough acquisition that kills land mid-series: 8 series x 4 frames at ~0.25 s per frame.
+# The reliability table asks for >= 20 kills: that many is a soak test (about 3 min); 5 run by default.
+@pytest.mark.parametrize(("n_kills", "n_series"), [(5, 8), pytest.param(20, 26, marks=pytest.mark.soak)])
+def test_reconstructor_killed_many_times_loses_nothing(tmp_path, n_kills, n_series):
+    # Slow enough acquisition that kills land mid-series: series of 4 frames at ~0.25 s per frame.
     data = small(
         tmp_path,
         instrument={"simulated": {"time_scale": 1.0, "readout_time_s": 0.05}},
-        plan={"repeats": 8, "exposure_s": 0.2},
+        plan={"repeats": n_series, "exposure_s": 0.2},
         reconstruction={"max_iter": 15},
     )
     s = Session(data, tmp_path)
     rng = random.Random(8)
     kills = 0
+    n_frames = 4 * n_series
     try:
-        while kills < 5:
+        while kills < n_kills:
             time.sleep(rng.uniform(0.5, 2.5))
             child = s.children["reconstructor"]
             child.proc.send_signal(signal.SIGKILL)
@@ -54,7 +57,7 @@ def test_reconstructor_killed_five_times_loses_nothing(tmp_path):
             child.stop()
             kills += 1
             s.start("reconstructor")
-        st = s.wait(lambda st: st["frames_written"] == 32, 120, "the last frame")
+        st = s.wait(lambda st: st["frames_written"] == n_frames, 120, "the last frame")
         replayed = st["stream"]["stats"].get("series_replayed", 0)
         code = s.wait_controller_exit(180)
         st_ok = code == 0
@@ -62,14 +65,15 @@ def test_reconstructor_killed_five_times_loses_nothing(tmp_path):
         s.close()
     run = read_run(s.run_file)
     assert st_ok
-    assert run["n_frames"] == 32  # 0 frames lost
-    assert run["series_status"] == ["complete"] * 8
-    assert sorted(run["recon_series"]) == list(range(8))  # every series reconstructed, each once
+    assert run["n_frames"] == n_frames  # 0 frames lost
+    assert run["series_status"] == ["complete"] * n_series
+    assert sorted(run["recon_series"]) == list(range(n_series))  # every series reconstructed, each once
     for prov in run["provenance"]:
         k = prov["series_index"]
-        assert prov["frame_ids"] == [i for i in range(32) if run["series_index"][i] == k]
+        assert prov["frame_ids"] == [i for i in range(n_frames) if run["series_index"][i] == k]
     assert replayed >= 1  # what a killed reconstructor had in hand was replayed to the next one
-    print(f"\n{kills} kills: {replayed} series replayed, 32/32 frames on disk, 8/8 series reconstructed once")
+    print(f"\n{kills} kills: {replayed} series replayed, {n_frames}/{n_frames} frames on disk, "
+          f"{n_series}/{n_series} series reconstructed once")
 
 
 def test_pause_resume_abort_restore_defocus(tmp_path):
