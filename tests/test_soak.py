@@ -79,6 +79,7 @@ def test_soak_with_a_fault_every_30_s(tmp_path):
           f"{faults.count('freeze')} freezes), {run['n_frames']} frames on disk ({st['frames_written']} written "
           f"at the last status), controller RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB (slope {slope:+.2f} MB/min after "
           f"warm-up), open fds {int(nfd.min())}-{int(nfd.max())}")
+    print("  t (s), RSS (MB), fds: " + ", ".join(f"{a:.0f} {b:.0f} {int(c)}" for a, b, c in samples))
     assert run["n_frames"] >= st["frames_written"]  # 0 frames lost: every frame written is on disk
     assert all(x in ("complete", "aborted") for x in run["series_status"])
     assert slope < 1.0, f"memory grows {slope:.2f} MB/min"
