@@ -1,11 +1,14 @@
 """Build a microscope/camera pair from configuration, with safety limits always applied.
 
-    backend: simulated | remote | thermo | jeol
+    backend: simulated | remote | thermo | jeol | serialem | gatan
     limits: {defocus_min_m: ..., max_defocus_step_m: ..., stage_x_m: [lo, hi], ...}   # SafetyLimits
     simulated: {...}   # SimulatedInstrumentConfig
     remote: {endpoint: tcp://host:port, timeout_s: 10, liveness_s: 3}
     thermo: {...}      # drivers.vendors.thermo.ThermoConfig
     jeol: {...}        # drivers.vendors.jeol.JeolConfig
+    serialem: {...}    # drivers.vendors.serialem.SerialEMConfig
+    gatan: {endpoint: tcp://dm-pc:7002, column: jeol}   # drivers.vendors.gatan.GatanLinkConfig: the camera of
+                       # the DM server (scripts/ltemlive_dm_server.py) + the column of the named backend's section
     server: {endpoint: tcp://127.0.0.1:7001, max_settle_s: 10, max_call_s: 120, ...}   # the server only
 
 Limits are applied even when absent from the config (the defaults of :class:`SafetyLimits`): an instrument
@@ -25,7 +28,7 @@ from drivers.server import Backend
 
 __all__ = ["BACKENDS", "build", "build_backend", "check_config", "load_config"]
 
-BACKENDS = ("simulated", "remote", "thermo", "jeol")
+BACKENDS = ("simulated", "remote", "thermo", "jeol", "serialem", "gatan")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -37,20 +40,26 @@ def load_config(path: str | Path) -> dict[str, Any]:
 def check_config(config: Any) -> None:
     """Validate an instrument config before anything starts; ValueError with one line per problem
     (``section.field: what is wrong``)."""
-    from pydantic import ValidationError
-
     if not isinstance(config, Mapping):
         raise ValueError(f"expected a mapping with 'backend' ({', '.join(BACKENDS)}), got {type(config).__name__}")
     kind = config.get("backend", "simulated")
     if kind not in BACKENDS:
         raise ValueError(f"backend: {kind!r} is not one of {', '.join(BACKENDS)}")
-    unknown = sorted(set(config) - {"backend", "limits", "server", "simulated", "remote", "thermo", "jeol"})
+    unknown = sorted(set(config) - {"backend", "limits", "server", *BACKENDS})
     if unknown:
         allowed = ", ".join(("backend", "limits", "server", *BACKENDS))
         raise ValueError(f"unknown section(s) {', '.join(unknown)}; allowed: {allowed}")
     from drivers.server import ServerConfig
 
     models: list[tuple[str, Any]] = [("limits", SafetyLimits), ("server", ServerConfig)]
+    if kind == "gatan":
+        from drivers.vendors.gatan import GatanLinkConfig
+
+        models.append(("gatan", GatanLinkConfig))
+        _validate(config, models)
+        models = []
+        # the column: its own section, beside the gatan one
+        kind = GatanLinkConfig.model_validate(config.get("gatan") or {}).column
     if kind == "simulated":
         from drivers.simulated import SimulatedInstrumentConfig
 
@@ -63,6 +72,18 @@ def check_config(config: Any) -> None:
         from drivers.vendors.jeol import JeolConfig
 
         models.append(("jeol", JeolConfig))
+    elif kind == "serialem":
+        from drivers.vendors.serialem import SerialEMConfig
+
+        models.append(("serialem", SerialEMConfig))
+    elif kind == "remote" and config.get("backend") == "gatan" and not (config.get("remote") or {}).get("endpoint"):
+        raise ValueError("remote.endpoint: required for the column of a gatan backend (gatan.column: remote)")
+    _validate(config, models)
+
+
+def _validate(config: Mapping[str, Any], models: list[tuple[str, Any]]) -> None:
+    from pydantic import ValidationError
+
     for section, model in models:
         try:
             model.model_validate(config.get(section) or {})
@@ -100,9 +121,37 @@ def build_backend(config: Mapping[str, Any]) -> Backend:
 
         jeol = JeolInstrument(JeolConfig.model_validate(config.get("jeol") or {}))
         return Backend(LimitedMicroscope(jeol.microscope, limits), jeol.camera)
+    if kind == "serialem":
+        from drivers.vendors.serialem import SerialEMConfig, SerialEMInstrument
+
+        sem = SerialEMInstrument(SerialEMConfig.model_validate(config.get("serialem") or {}))
+        return Backend(LimitedMicroscope(sem.microscope, limits), sem.camera)
+    if kind == "gatan":
+        from drivers.vendors.gatan import GatanLinkConfig
+
+        link = GatanLinkConfig.model_validate(config.get("gatan") or {})
+        if link.column == "remote":
+            raise NotAvailable("gatan with a remote column cannot be served again; use factory.build on the client")
+        column = build_backend({**config, "backend": link.column})
+        try:
+            camera = _gatan_camera(link, column.microscope)
+        except BaseException:
+            column.close()
+            raise
+        return Backend(column.microscope, camera, set_faults=column.set_faults)
     if kind == "remote":
         raise NotAvailable("a remote backend cannot be served again; point the client at the original server")
     raise NotAvailable(f"unknown backend {kind!r}; expected one of {BACKENDS}")
+
+
+def _gatan_camera(link: Any, column: Microscope) -> Camera:
+    """The DM server's camera (scripts/ltemlive_dm_server.py), its frames stamped with ``column``'s optics."""
+    from drivers.client import InstrumentClient, RemoteCamera
+    from drivers.vendors.gatan import ColumnCamera
+
+    client = InstrumentClient(link.endpoint, timeout_s=link.timeout_s, liveness_s=link.liveness_s)
+    camera = RemoteCamera(client, default_timeout_s=link.timeout_s)
+    return ColumnCamera(camera, column, pixel_size_from=link.pixel_size_from)
 
 
 def build(config: Mapping[str, Any]) -> tuple[Microscope, Camera]:
@@ -117,5 +166,14 @@ def build(config: Mapping[str, Any]) -> tuple[Microscope, Camera]:
             raise NotAvailable("remote backend needs remote.endpoint")
         microscope, camera = connect(endpoint, **remote)
         return LimitedMicroscope(microscope, _limits(config)), camera
+    if config.get("backend") == "gatan" and (config.get("gatan") or {}).get("column") == "remote":
+        from drivers.vendors.gatan import GatanLinkConfig
+
+        column, _ = build({**config, "backend": "remote"})
+        try:
+            return column, _gatan_camera(GatanLinkConfig.model_validate(config["gatan"]), column)
+        except BaseException:
+            column.close()
+            raise
     backend = build_backend(config)
     return backend.microscope, backend.camera

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from loguru import logger
@@ -79,6 +79,10 @@ class SimulatedInstrumentConfig(BaseModel):
     #: default acquisition timeout (real seconds) when the caller gives none
     acquire_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     initial_lens_mode: LensMode = LensMode.LORENTZ
+    #: -1 models a column whose focus runs the other way from the project's convention (df > 0 over-focus) - a
+    #: reversed sign in a vendor calibration - so `ltemlive check-defocus` can be tested against it. The lens
+    #: sees ``defocus_sign * nominal``; the read-back stays the nominal value, as on a miscalibrated column.
+    defocus_sign: Literal[1, -1] = 1
     faults: FaultConfig = Field(default_factory=FaultConfig)
     #: seed of the fault generator; None derives it from simulation.seed
     fault_seed: int | None = None
@@ -129,7 +133,8 @@ class SimulatedInstrument:
             return self._nominal if time.monotonic() >= self._lens_ready_at else self._nominal_previous
 
     def write_defocus(self, nominal_m: float) -> None:
-        reach = self.physics.true_defocus_for(nominal_m)
+        lens_m = self.config.defocus_sign * float(nominal_m)  # what the lens is really driven to
+        reach = self.physics.true_defocus_for(lens_m)
         if reach > self.physics.max_true_defocus_m * (1 + 1e-9):
             # Its images would wrap around the simulated field's margin: wrong pictures, silently.
             raise OutOfRange(
@@ -141,7 +146,7 @@ class SimulatedInstrument:
             self._nominal_previous = self.read_defocus()
             self._nominal = float(nominal_m)
             self._lens_ready_at = time.monotonic() + self.scaled(self.config.lens_settle_time_s)
-            self.physics.set_defocus(self._nominal)
+            self.physics.set_defocus(lens_m)
 
     # -- stage ------------------------------------------------------------------------------------------
     def read_stage(self) -> StagePosition:

@@ -25,7 +25,11 @@ class Harness:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def writes(self) -> list[str]:
-        return [c for c in self.calls() if c in WRITE_CALLS]
+        return [c for c in self.calls() if c in WRITES]
+
+
+#: the write calls of every fake; SerialEM's own names added to the shared table
+WRITES = WRITE_CALLS | {"SetDefocus", "MoveStageTo", "TiltTo"}
 
 
 def _sim_inject(set_faults: Callable[..., None]) -> Callable[[str], None]:
@@ -86,7 +90,7 @@ def vendor_path(monkeypatch):
     monkeypatch.syspath_prepend(str(FAKES))
     yield
     for name in list(sys.modules):
-        if name == "temscript" or name.startswith("PyJEM"):
+        if name in ("temscript", "serialem", "DigitalMicrograph") or name.startswith("PyJEM"):
             del sys.modules[name]
 
 
@@ -124,18 +128,7 @@ def _make_jeol(stack) -> Harness:
     from PyJEM._state import FAKE as fake
 
     fake.reset()
-    cfg = {
-        "backend": "jeol",
-        "limits": dict(LIMITS),
-        "jeol": {
-            "focus_lens": "OM",
-            "sensor_shape": [64, 64],
-            # 30 nm per DAC count, focus at mid-range: +-0.98 mm reachable.
-            "calibration": {"scale": 30e-9, "offset_m": -32768 * 30e-9},
-            "defocus_settle": {"tolerance": 16e-9, "timeout_s": 1.0},
-            "stage_settle": {"tolerance": 1e-9, "timeout_s": 2.0, "poll_s": 0.01},
-        },
-    }
+    cfg = {"backend": "jeol", "limits": dict(LIMITS), "jeol": dict(JEOL_TEST_CONFIG)}
     backend = build_backend(cfg)
     stack.append(backend.close)
 
@@ -152,7 +145,101 @@ def _make_jeol(stack) -> Harness:
     return Harness("jeol", backend.microscope, backend.camera, lambda: fake.calls, inject, {"fake": fake})
 
 
-@pytest.fixture(params=["sim", "remote", "thermo", "jeol"])
+JEOL_TEST_CONFIG: dict[str, Any] = {
+    "focus_lens": "OM",
+    "sensor_shape": [64, 64],
+    # 30 nm per DAC count, focus at mid-range: +-0.98 mm reachable.
+    "calibration": {"scale": 30e-9, "offset_m": -32768 * 30e-9},
+    "defocus_settle": {"tolerance": 16e-9, "timeout_s": 1.0},
+    "stage_settle": {"tolerance": 1e-9, "timeout_s": 2.0, "poll_s": 0.01},
+}
+
+
+def gatan_config(endpoint: str, column: str = "jeol", **sections: Any) -> dict[str, Any]:
+    """``backend: gatan`` on the DM server at ``endpoint`` with the PyJEM fake's column (the common case)."""
+    cfg: dict[str, Any] = {
+        "backend": "gatan",
+        "limits": dict(LIMITS),
+        "gatan": {"endpoint": endpoint, "column": column, "timeout_s": 5.0, "liveness_s": 2.0},
+        "jeol": dict(JEOL_TEST_CONFIG),
+    }
+    cfg.update(sections)
+    return cfg
+
+
+def start_dm_server(stack, **gatan: Any):
+    """The instrument server as DM would run it (drivers.vendors.dm_server) on the DigitalMicrograph fake."""
+    import DigitalMicrograph as dm
+
+    from drivers.vendors.dm_server import serve
+
+    dm.FAKE.reset()
+    server = serve(dm, {"gatan": gatan, "server": {"endpoint": "tcp://127.0.0.1:*"}})
+    stack.append(server.stop)
+    return server, dm.FAKE
+
+
+def _make_gatan(stack) -> Harness:
+    from PyJEM._state import FAKE as column
+
+    column.reset()
+    server, cam = start_dm_server(stack)
+    backend = build_backend(gatan_config(server.endpoint))
+    stack.append(backend.close)
+
+    def inject(fault: str) -> None:
+        if fault == "stuck_stage":
+            column.stuck_stage = True
+        elif fault == "camera_timeout":
+            cam.acquire_delay_s = 0.4
+        elif fault == "drop":
+            cam.fail = True
+        elif fault == "corrupt":
+            cam.corrupt = True
+
+    return Harness(
+        "gatan", backend.microscope, backend.camera, lambda: column.calls, inject,
+        {"camera_fake": cam, "column_fake": column, "server": server},
+    )
+
+
+def serialem_config(**over: Any) -> dict[str, Any]:
+    return {
+        "backend": "serialem",
+        "limits": dict(LIMITS),
+        "serialem": {
+            "stage_settle": {"tolerance": 1e-9, "timeout_s": 2.0, "poll_s": 0.01},
+            "defocus_settle": {"tolerance": 1e-9, "timeout_s": 1.0},
+            **over,
+        },
+    }
+
+
+def _make_serialem(stack) -> Harness:
+    import serialem
+
+    fake = serialem.FAKE
+    fake.reset()
+    backend = build_backend(serialem_config())
+    stack.append(backend.close)
+
+    def inject(fault: str) -> None:
+        if fault == "stuck_stage":
+            fake.stuck_stage = True
+        elif fault == "camera_timeout":
+            fake.record_delay_s = 0.4
+        elif fault == "drop":
+            fake.fail = True
+        elif fault == "corrupt":
+            fake.corrupt = True
+
+    return Harness("serialem", backend.microscope, backend.camera, lambda: fake.calls, inject, {"fake": fake})
+
+
+VENDOR_HARNESSES = {"thermo": _make_thermo, "jeol": _make_jeol, "gatan": _make_gatan, "serialem": _make_serialem}
+
+
+@pytest.fixture(params=["sim", "remote", "thermo", "jeol", "gatan", "serialem"])
 def harness(request, tmp_path) -> Iterator[Harness]:
     stack: list[Callable[[], None]] = []
     kind = request.param
@@ -163,7 +250,7 @@ def harness(request, tmp_path) -> Iterator[Harness]:
             h = _make_remote(stack, "tcp://127.0.0.1:*")
         else:
             request.getfixturevalue("vendor_path")
-            h = _make_thermo(stack) if kind == "thermo" else _make_jeol(stack)
+            h = VENDOR_HARNESSES[kind](stack)
         yield h
     finally:
         for fn in reversed(stack):
