@@ -35,9 +35,13 @@ def session_config(out: Path, workers: int, series: int, size: int, iterations: 
     sim["simulation"].update({"shape": [size, size], "specimen": "vortex_disc"})
     data["session"]["output_dir"] = str(out)
     data["plan"].update({"repeats": series, "wait_for_feedback_s": 0, "exposure_s": 0.1, "dose_e_per_px": 50.0})
+    # The same frames and the same reconstructions whoever does which series: no feedback between series
+    # (it would change the next commands with the timing of results) and no warm start from a worker's last.
+    data["feedback"] = {**(data.get("feedback") or {}), "enabled": False}
     data["controller"] = {**(data.get("controller") or {}), "instrument_mode": "in_process"}
     data["reconstruction"] = {**(data.get("reconstruction") or {}), "max_iter": iterations}
-    data["reconstructor"] = {**(data.get("reconstructor") or {}), "count": workers, "live": False, "threads": 1}
+    data["reconstructor"] = {**(data.get("reconstructor") or {}), "count": workers, "live": False, "threads": 1,
+                             "warm_start": False}
     return RunConfig.model_validate(data)
 
 
@@ -52,7 +56,12 @@ def series_per_minute(run_file: Path) -> tuple[float, int]:
     return 60.0 * n / (t_last - t_first), n
 
 
-def run(workers: int, args) -> tuple[float, float]:
+def phases(run_file: Path) -> dict[int, np.ndarray]:
+    with h5py.File(run_file, "r") as f:
+        return {int(s): f["reconstructions/phase"][i] for i, s in enumerate(f["reconstructions/series_index"][:])}
+
+
+def run(workers: int, args) -> tuple[float, float, dict[int, np.ndarray]]:
     from rich.console import Console
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +74,7 @@ def run(workers: int, args) -> tuple[float, float]:
         run_file = next(Path(tmp).glob("*.h5"))
         spm, n = series_per_minute(run_file)
         assert n == args.series, f"{n} of {args.series} series reconstructed"
-        return spm, wall
+        return spm, wall, phases(run_file)
 
 
 def main() -> None:
@@ -77,12 +86,15 @@ def main() -> None:
     args = p.parse_args()
     print(f"machine: {machine()}")
     print(f"{args.series} series of 4 images {args.size}^2, {args.iterations} iterations, 1 thread per worker")
-    one, wall1 = run(1, args)
-    many, wall_n = run(args.workers, args)
+    one, wall1, ph1 = run(1, args)
+    many, wall_n, ph_n = run(args.workers, args)
     print(f"  1 worker : {one:6.1f} series/min (session {wall1:.1f} s)")
     print(f"  {args.workers} workers: {many:6.1f} series/min (session {wall_n:.1f} s)")
     print(f"  speed-up {many / one:.2f}x; bound {args.workers:.0f}x (perfect scaling of the 1-worker figure, "
           f"{one * args.workers:.1f} series/min)")
+    same = sorted(ph1) == sorted(ph_n) and all(np.array_equal(ph1[k], ph_n[k]) for k in ph1)
+    worst = max(float(np.max(np.abs(ph1[k] - ph_n[k]))) for k in ph1 if k in ph_n)
+    print(f"  results identical to one worker's: {same} (largest phase difference {worst:.3g} rad)")
 
 
 if __name__ == "__main__":

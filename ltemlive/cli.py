@@ -20,7 +20,9 @@ examples:
   ltemlive control tcp://127.0.0.1:PORT pause        pause (resume, abort, freeze_feedback...) a running session
   ltemlive monitor tcp://HOST:PORT                   watch a running session in the terminal (PORT: its "watch" port)
   ltemlive dashboard tcp://HOST:PORT --control tcp://HOST:PORT2   the same in a web browser, with pause/abort
+  ltemlive check-defocus --config instrument.yaml   measure the defocus sign and scale on a known feature
   ltemlive replay runs/demo-....h5                   reconstruct a recorded run again through the service
+  ltemlive reprocess runs/*.h5 --workers 2           reconstruct every series again, in parallel on Dask
   ltemlive demo --out runs/demo                      simulate a series and reconstruct it (offline)
   ltemlive simulate --config config/simulate.yaml --out series.h5
   ltemlive reconstruct series.h5 --out results/       (or SERIES.tif with a SERIES.yaml sidecar)
@@ -53,6 +55,12 @@ def _add_recon_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--defocus-model", choices=["scale", "per_image"], default=None)
     g.add_argument("--padding", choices=["extend", "mirror", "zero", "periodic"], default=None)
     g.add_argument("--float64", action="store_true", help="compute in double precision")
+
+
+def _add_key_options(p: argparse.ArgumentParser, default_key: str) -> None:
+    g = p.add_argument_group("keys (a session secured with CURVE; docs/security.md)")
+    g.add_argument("--keys", type=Path, default=None, help="the keyring folder (ltemlive keys)")
+    g.add_argument("--key", default=default_key, help=f"your key's name in it (default {default_key})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                  "reset_feedback"],
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply (default 5)")
+    _add_key_options(p, "operator")
+
+    from ltemlive.keys_cli import add_parser as _add_keys
+
+    _add_keys(sub)
 
     p = sub.add_parser(
         "monitor",
@@ -110,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3.0,
                    help="seconds to wait for the publisher to answer before giving up (default 3)")
     p.add_argument("--once", action="store_true", help="print the current state once and exit (for scripts)")
+    _add_key_options(p, "monitor")
 
     p = sub.add_parser(
         "dashboard",
@@ -130,6 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="operator token for the buttons (default: $LTEMLIVE_DASHBOARD_TOKEN or a random one)")
     p.add_argument("--no-frame-s", type=float, default=30.0, help="'no frame' alert after this long (default 30 s)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the publisher (default 3)")
+    _add_key_options(p, "operator")
+
+    p = sub.add_parser(
+        "check-defocus",
+        help="measure the instrument's defocus sign and scale from a +-df pair (before any feedback)",
+        description="With the beam on a known, non-magnetic feature centred in the field of view and focused, "
+        "acquire focus-DF, focus, focus+DF through the configured backend (its limits apply; the focus is "
+        "restored) and measure the defocus sign (the feature's reconstructed phase) and scale (true / commanded, "
+        "the AD reconstructor's refined defocus). Exit 0: consistent with the convention; 3: sign reversed or "
+        "scale off by more than the tolerance; 4: inconclusive (no contrast); 1: instrument error; 2: bad input. "
+        "See docs/first-session.md.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="instrument YAML (backend: ...) or session YAML")
+    p.add_argument("--defocus", type=float, default=1e-3, help="DF, the half-step around focus (m; default 1e-3)")
+    p.add_argument("--exposure", type=float, default=1.0, help="exposure per image (s; default 1)")
+    p.add_argument("--feature", choices=["particle", "hole"], default="particle",
+                   help="what is centred: a particle (phase above its surroundings) or a hole in a film (below)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="largest accepted |scale - 1| (default 0.05)")
+    p.add_argument("--voltage-v", type=float, default=None, help="accelerating voltage (default: optics.voltage_v)")
+    p.add_argument("--pixel-size-m", type=float, default=None, help="specimen pixel (default: the frames' own)")
+    p.add_argument("--json", action="store_true", help="print the measurement as one JSON object")
 
     p = sub.add_parser(
         "replay",
@@ -142,6 +177,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="session YAML for the reconstruction settings")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: next to RUNFILE)")
     p.add_argument("--max-iter", type=int, default=None, help="cap on phase iterations per series")
+
+    p = sub.add_parser(
+        "reprocess",
+        help="reconstruct every series of run files or recorded series in parallel on a Dask cluster",
+        description="Reconstruct every complete series of the given run files (and every recorded series file) "
+        "again, one Dask task per series, on a local cluster of worker processes or on an existing Dask "
+        "scheduler. Each result folder holds what `ltemlive reconstruct` writes, plus done.json (provenance: "
+        "input, series, frame ids, config, worker, time), written last. A rerun skips the series that are done "
+        "and redoes unfinished ones; a series that fails is reported and the others go on (exit code 1 if any "
+        "failed). Each series is reconstructed on its own (no warm start from the previous one as in a live "
+        "run), so the results do not depend on the order or the cluster: the same thread count gives the same "
+        "bits. See docs/scale-out.md.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="run files (.h5 written by ltemlive run), recorded series (.h5 from ltemlive simulate, "
+                   ".tif + .yaml sidecar) or folders of them")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder: OUT/<input stem>/ (a run file: OUT/<stem>/series-NNNN/); default: "
+                   "<input stem>-reprocessed/ next to each input")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: start a local cluster); "
+                   "its workers need ltemlive installed and the inputs and outputs at the same paths")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of the local cluster (default: cores / threads per worker; cuda: GPUs)")
+    p.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
+                   help="torch threads per series (default 1; results are bit-identical for the same value)")
+    p.add_argument("--device", default=None, help="cpu or cuda (cuda tasks need workers with a GPU resource)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="ReconstructionConfig YAML (or a session YAML: its reconstruction section) for every "
+                   "series (default: the config recorded in each run file, else the defaults)")
+    p.add_argument("--max-iter", type=int, default=None, help="cap on phase iterations per series")
+    p.add_argument("--force", action="store_true", help="redo series that are done already")
 
     p = sub.add_parser("demo", help="simulate a through-focus series on the virtual microscope and reconstruct it")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
@@ -524,6 +591,12 @@ def cmd_control(args, console) -> int:
     return 0 if reply.ok else 1
 
 
+def cmd_keys(args, console) -> int:
+    from ltemlive.keys_cli import run
+
+    return run(args, console)
+
+
 def cmd_monitor(args, console) -> int:
     from ltemlive.monitor.terminal import run_monitor
 
@@ -536,11 +609,41 @@ def cmd_dashboard(args, console) -> int:
     return run_dashboard(args, console)
 
 
+def cmd_check_defocus(args, console) -> int:
+    import json
+
+    from drivers.errors import InstrumentError
+    from drivers.factory import load_config
+    from ltemlive.checks.defocus import acquire_and_check
+
+    try:
+        check = acquire_and_check(
+            load_config(args.config), defocus_m=args.defocus, exposure_s=args.exposure, feature=args.feature,
+            scale_tolerance=args.tolerance, voltage_v=args.voltage_v, pixel_size_m=args.pixel_size_m,
+        )
+    except InstrumentError as exc:
+        console.print(f"[red]instrument error:[/] {type(exc).__name__}: {exc}")
+        return 1
+    console.print(json.dumps(check.as_dict()) if args.json else check.report(), markup=False, soft_wrap=True)
+    return check.exit_code
+
+
 def cmd_replay(args, console) -> int:
     from ltemlive.session.replay import replay
 
     cfg = _session_config(args)
     return replay(args.runfile, cfg, console, out_dir=args.out, max_iter=args.max_iter)
+
+
+def cmd_reprocess(args, console) -> int:
+    from ltemlive.batch import reprocess
+
+    report = reprocess(
+        args.inputs, console, out=args.out, scheduler=args.scheduler, workers=args.workers,
+        threads_per_worker=args.threads_per_worker, device=args.device, config=args.config,
+        max_iter=args.max_iter, force=args.force,
+    )
+    return report.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -570,10 +673,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if getattr(args, "keys", None) is not None and args.command in ("control", "monitor", "dashboard"):
+        from ltemlive.wire import security
+
+        try:
+            security.configure(args.keys, args.key)
+        except security.SecurityError as exc:
+            errors.print(f"[red]error:[/] {escape(str(exc))}")
+            return 2
     handlers = {
         "run": cmd_run,
+        "check-defocus": cmd_check_defocus,
         "replay": cmd_replay,
+        "reprocess": cmd_reprocess,
         "control": cmd_control,
+        "keys": cmd_keys,
         "monitor": cmd_monitor,
         "dashboard": cmd_dashboard,
         "demo": cmd_demo,

@@ -46,7 +46,7 @@ def test_binding_beyond_loopback_without_keys_is_refused():
                                           r"CURVE keys"):
         check_everything(cfg, "x.yaml", role="controller")
     local = load_run_config(None, {"bind": {"updates": "tcp://0.0.0.0:7202"}})
-    with pytest.raises(ConfigError, match="endpoints.updates"):
+    with pytest.raises(ConfigError, match=r"endpoints\.updates"):
         check_everything(local, "x.yaml", role="publisher")
 
 

@@ -27,6 +27,11 @@ class ReconstructorServiceConfig(BaseModel):
     )
     window: Annotated[int, Field(ge=1, le=64)] = Field(4, description="frames in flight to this worker (credit)")
     live: bool = Field(True, description="iterate while the series arrives and publish previews")
+    warm_start: bool = Field(
+        True,
+        description="start each series from this worker's last result (faster); false: every series from its "
+        "own images alone, so the result does not depend on which worker did which series",
+    )
     preview_interval_s: Annotated[float, Field(ge=0.05, le=600)] = Field(1.0, description="between two previews")
     preview_px: Annotated[int, Field(ge=16, le=4096)] = Field(256, description="previews are downsampled to this")
     result_retry_s: Annotated[float, Field(gt=0, le=600)] = Field(2.0, description="re-send an unacked result")

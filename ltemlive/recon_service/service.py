@@ -199,7 +199,7 @@ class ReconstructorService:
             voltage_v=o.voltage_v, cs_m=o.cs_m, theta_c_rad=o.theta_c_rad, focal_spread_m=o.focal_spread_m
         )
         key = (tuple(start.frame_shape), start.pixel_size_m, o.voltage_v)
-        warm = self._warm if key == self._warm_key else None
+        warm = self._warm if key == self._warm_key and self.cfg.warm_start else None
         stream = StreamingReconstruction(
             mic, start.pixel_size_m, config=self.recon_cfg, dose_e_per_px=start.dose_e_per_px, warm_start=warm,
             snapshot_interval_s=self.cfg.preview_interval_s,
