@@ -167,10 +167,14 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
             cfg = cfg.with_endpoints(instrument=supervisor.endpoint)
             console.print(f"  instrument server ({cfg.instrument.get('backend', 'simulated')}) on "
                           f"{supervisor.endpoint}")
+        starting: list[tuple[str, Child]] = []  # reconstructors: all started at once, then waited for
         for role, name, role_cfg in _children(cfg):
             if interrupted.is_set():
                 break
             child = children[name] = Child(role, role_cfg(cfg), log_dir, log_level=log_level, name=name)
+            if role == "reconstructor":
+                starting.append((name, child))
+                continue
             got = child.wait_ready(cancel=interrupted)
             if got is None:
                 break
@@ -187,6 +191,11 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
                 snap = cfg.endpoints.snapshot
                 console.print(f"  watch: ltemlive monitor {snap}   in a browser: ltemlive dashboard {snap} "
                               f"--control {got['control']}")
+        for name, child in starting:
+            got = child.wait_ready(cancel=interrupted)
+            if got is None:
+                break
+            ready[name] = got
         controller = children.get("controller")
         while controller is not None and controller.proc.poll() is None:
             if interrupted.is_set():
