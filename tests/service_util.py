@@ -107,6 +107,15 @@ class Session:
                 child.stop()
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (MB), from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
 def read_run(path: Path) -> dict:
     """Everything the tests check, with h5py alone (as any user would read it)."""
     with h5py.File(path, "r", libver="latest", swmr=True) as f:

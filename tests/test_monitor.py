@@ -17,7 +17,7 @@ import time
 
 import pytest
 from rich.console import Console
-from service_util import ROOT, Session, small
+from service_util import ROOT, Session, rss_mb, small
 
 from ltemlive.cli import main
 from ltemlive.monitor.terminal import PlainReporter, check_address, plain_changes, render, sparkline, state_line
@@ -128,14 +128,6 @@ def stop_monitor(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[int,
             proc.kill()
     with proc.stderr as err:
         return proc.returncode, err.read()
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 # -- rendering, on synthetic summaries ----------------------------------------------------------------------

@@ -12,17 +12,9 @@ import time
 
 import numpy as np
 import pytest
-from service_util import Session, read_run, small
+from service_util import Session, read_run, rss_mb, small
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(int(os.environ.get("LTEMLIVE_SOAK_S", "1800")) + 600)]
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def fds(pid: int) -> int:
