@@ -22,6 +22,7 @@ them through one gradient:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ltemlive.optics.forward import ImageModel
@@ -111,14 +112,18 @@ class SeriesModel(torch.nn.Module):
 
     @torch.no_grad()
     def ramp_rad_per_px(self) -> tuple[float, float]:
-        """The least-squares plane of the phase over the field of view: (d phi/dy, d phi/dx) per pixel."""
-        p = self.phase_fov().double().cpu()
+        """The least-squares plane of the phase over the field of view: (d phi/dy, d phi/dx) per pixel.
+
+        Closed form: on a full grid the centred coordinates are orthogonal to each other and to the constant,
+        so each slope is a ratio of sums - the same numbers as a least-squares solve, but reproducible to the
+        last bit from one process to the next (LAPACK's lstsq was not)."""
+        p = self.phase_fov().double().cpu().numpy()
         h, w = p.shape
-        ar = dict(dtype=torch.float64)
-        yy, xx = torch.meshgrid(torch.arange(h, **ar), torch.arange(w, **ar), indexing="ij")
-        a = torch.stack([torch.ones_like(yy).reshape(-1), yy.reshape(-1), xx.reshape(-1)], dim=1)
-        coef = torch.linalg.lstsq(a, p.reshape(-1, 1)).solution.reshape(-1)
-        return float(coef[1]), float(coef[2])
+        y = np.arange(h, dtype=np.float64) - (h - 1) / 2
+        x = np.arange(w, dtype=np.float64) - (w - 1) / 2
+        gy = float(np.sum(y[:, None] * p) / (w * np.sum(y * y))) if h > 1 else 0.0
+        gx = float(np.sum(x[None, :] * p) / (h * np.sum(x * x))) if w > 1 else 0.0
+        return gy, gx
 
     def phase_fov(self) -> torch.Tensor:
         """The phase on the field of view (the camera frame)."""
