@@ -126,7 +126,7 @@ class Controller:
         self.frame_index = -1
         self.frames_written = 0
         self.frame_times_s: list[float] = []  # disk + offer time per frame (the controller's own cost)
-        self.stats: dict[str, int] = {"duplicate_results": 0, "unknown_results": 0, "bad_results": 0}
+        self.stats: dict[str, int] = {"duplicate_results": 0, "unknown_results": 0, "bad_results": 0, "results_held": 0}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.run_path = new_run_path(self.output_dir, session)
         self.run_id = self.run_path.stem
@@ -228,6 +228,9 @@ class Controller:
             self._held[series] = (status, reason, parameters, provenance, arrays)
             if series != self._next_result:
                 self.stats["results_held"] += 1
+        # Done for the stream now, not when written: a held result must not keep its worker's slot, or the
+        # earlier series it waits for could never be assigned to that worker (a deadlock with two workers).
+        self.stream.series_done(series)
         self._write_held()
         return True
 
@@ -266,7 +269,6 @@ class Controller:
             self._wake.notify_all()
         self._log("result", f"series {series}: reconstruction {status}" + (f" ({reason})" if reason else ""),
                   series=series, status=status)
-        self.stream.series_done(series)
 
     def _feedback(self, series: int, parameters: dict) -> None:
         try:
@@ -557,11 +559,11 @@ class Controller:
                 self._wake.wait(min(left, 0.2))
 
     def _close(self) -> None:
-        if self.writer is not None and self._held:
-            # results still waiting for an earlier series that never came (its worker gone): write them now
-            logger.warning("writing {} result(s) whose earlier series has none: {}", len(self._held),
-                           sorted(self._held))
-            self._write_held(all_of_them=True)
+        if self.writer is not None:
+            if self._held:  # results still waiting for an earlier series that never came: write them now
+                logger.warning("writing {} result(s) whose earlier series has none: {}", len(self._held),
+                               sorted(self._held))
+            self._write_held(all_of_them=True)  # also waits for a write in progress on the control thread
         with self._lock:
             if self.state != RunState.ERROR:
                 self._set_state(RunState.DONE)
