@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine
+from bench.common import machine, timed
 from ltemlive.optics.forward import ImageModel
 from ltemlive.optics.params import MicroscopeParams
 from ltemlive.reconstruct.fused import FusedDataLoss, fused_data_loss
@@ -109,13 +108,7 @@ def interleaved_best(fns: dict[str, Callable[[], None]], rounds: int, sync: bool
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for name, fn in fns.items():
-            if sync:
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if sync:
-                torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - t)
+            best[name] = min(best[name], timed(fn, sync))
     return best
 
 

@@ -26,17 +26,19 @@ def machine() -> str:
     )
 
 
+def timed(fn, sync: bool = False) -> float:
+    """Wall time (s) of one call; with ``sync`` the GPU's queued work is inside the interval."""
+    if sync:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if sync:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
 def best_time(fn, repeat: int = 5, warmup: int = 1, sync: bool = False) -> float:
     """Best of `repeat` wall-clock runs (s): the least disturbed by other load."""
     for _ in range(warmup):
         fn()
-    best = float("inf")
-    for _ in range(repeat):
-        if sync:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return min(timed(fn, sync) for _ in range(repeat))
