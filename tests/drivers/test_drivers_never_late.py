@@ -37,6 +37,17 @@ def _raw(ctx: zmq.Context, endpoint: str, request: dict, timeout_ms: int = 3000)
         sock.close()
 
 
+@pytest.fixture
+def served(tmp_path):
+    """An in-thread instrument server (with the spy below its limits) and a context for raw sockets."""
+    with Served(tmp_path) as s:
+        ctx = zmq.Context()
+        try:
+            yield s, ctx
+        finally:
+            ctx.term()
+
+
 def _request(method: str, args: dict, **extra) -> dict:
     return {"v": 1, "id": f"t-{time.monotonic_ns()}", "method": method, "args": args, "timeout_s": 5,
             "start_by_s": time.monotonic() + 10, **extra}
@@ -95,23 +106,19 @@ def test_settle_and_call_times_are_capped_by_the_server(tmp_path):
             m.close()
 
 
-def test_a_request_without_start_by_or_too_far_ahead_is_refused(tmp_path):
-    with Served(tmp_path) as s:
-        ctx = zmq.Context()
-        try:
-            req = _request("microscope.set_defocus", {"defocus_m": 1e-4})
-            del req["start_by_s"]
-            reply = _raw(ctx, s.server.endpoint, req)
-            assert reply.error.type == "ProtocolError" and "start_by_s" in reply.error.message
-            reply = _raw(ctx, s.server.endpoint, _request("microscope.set_defocus", {"defocus_m": 1e-4},
-                                                          start_by_s=time.monotonic() + 3600))
-            assert reply.error.type == "ProtocolError" and "ahead" in reply.error.message
-            assert "set_defocus" not in s.calls
-            # reads need no start-by
-            assert _raw(ctx, s.server.endpoint, {"v": 1, "id": "r1", "method": "microscope.get_defocus",
-                                                 "args": {}, "timeout_s": 5}).ok
-        finally:
-            ctx.term()
+def test_a_request_without_start_by_or_too_far_ahead_is_refused(served):
+    s, ctx = served
+    req = _request("microscope.set_defocus", {"defocus_m": 1e-4})
+    del req["start_by_s"]
+    reply = _raw(ctx, s.server.endpoint, req)
+    assert reply.error.type == "ProtocolError" and "start_by_s" in reply.error.message
+    reply = _raw(ctx, s.server.endpoint, _request("microscope.set_defocus", {"defocus_m": 1e-4},
+                                                  start_by_s=time.monotonic() + 3600))
+    assert reply.error.type == "ProtocolError" and "ahead" in reply.error.message
+    assert "set_defocus" not in s.calls
+    # reads need no start-by
+    assert _raw(ctx, s.server.endpoint, {"v": 1, "id": "r1", "method": "microscope.get_defocus",
+                                         "args": {}, "timeout_s": 5}).ok
 
 
 @pytest.mark.parametrize(
@@ -126,39 +133,27 @@ def test_a_request_without_start_by_or_too_far_ahead_is_refused(tmp_path):
         ("camera.acquire", {"exposure_s": "0.1"}),
     ],
 )
-def test_arguments_are_never_coerced(tmp_path, method, args):
+def test_arguments_are_never_coerced(served, method, args):
     """Finding 7: "off" unblanked the beam, "1e-4" set the defocus."""
-    with Served(tmp_path) as s:
-        ctx = zmq.Context()
-        try:
-            reply = _raw(ctx, s.server.endpoint, _request(method, args))
-            assert not reply.ok and reply.error.type == "ProtocolError", reply
-            assert s.calls == []
-        finally:
-            ctx.term()
+    s, ctx = served
+    reply = _raw(ctx, s.server.endpoint, _request(method, args))
+    assert not reply.ok and reply.error.type == "ProtocolError", reply
+    assert s.calls == []
 
 
-def test_request_header_fields_are_not_coerced(tmp_path):
-    with Served(tmp_path) as s:
-        ctx = zmq.Context()
-        try:
-            reply = _raw(ctx, s.server.endpoint, _request("microscope.get_defocus", {}, timeout_s="5"))
-            assert reply.error.type == "ProtocolError"
-        finally:
-            ctx.term()
+def test_request_header_fields_are_not_coerced(served):
+    s, ctx = served
+    reply = _raw(ctx, s.server.endpoint, _request("microscope.get_defocus", {}, timeout_s="5"))
+    assert reply.error.type == "ProtocolError"
 
 
-def test_a_retried_request_id_is_not_executed_twice(tmp_path):
-    with Served(tmp_path) as s:
-        ctx = zmq.Context()
-        try:
-            req = _request("microscope.set_defocus", {"defocus_m": 1e-4})
-            first, again = _raw(ctx, s.server.endpoint, req), _raw(ctx, s.server.endpoint, req)
-            assert first.ok and again.ok and again.result == first.result
-            assert s.calls.count("set_defocus") == 1
-            assert s.server.stats["duplicates"] == 1
-        finally:
-            ctx.term()
+def test_a_retried_request_id_is_not_executed_twice(served):
+    s, ctx = served
+    req = _request("microscope.set_defocus", {"defocus_m": 1e-4})
+    first, again = _raw(ctx, s.server.endpoint, req), _raw(ctx, s.server.endpoint, req)
+    assert first.ok and again.ok and again.result == first.result
+    assert s.calls.count("set_defocus") == 1
+    assert s.server.stats["duplicates"] == 1
 
 
 def test_bad_client_arguments_are_typed_errors_not_pydantic(tmp_path):
