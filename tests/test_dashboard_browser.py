@@ -135,11 +135,12 @@ def test_dashboard_in_a_real_browser(tmp_path):
     _need_browser()
     from selenium.webdriver.common.by import By
 
-    # ~0.3 s a frame, 4 frames a series: a run of ~12 series, long enough to watch, pause and resume.
+    # ~0.3 s a frame, 4 frames a series: 30 series (~40 s) is longer than the test needs to watch, pause and
+    # resume on a loaded CI machine, so the abort lands mid-series (the page is checked for either alert).
     data = small(
         tmp_path,
         instrument={"simulated": {"time_scale": 1.0}},
-        plan={"repeats": 12, "exposure_s": 0.2},
+        plan={"repeats": 30, "exposure_s": 0.2},
         reconstruction={"max_iter": 40},
         reconstructor={"live": True, "preview_interval_s": 0.3},
         # After the abort the controller waits for the reconstructions it owes; on a busy CPU that backlog is

@@ -45,6 +45,17 @@ def test_series_aborted_until_the_next_series():
     assert "series_aborted" not in keys(view, 4)
 
 
+def test_an_abort_after_the_last_series_is_still_said():
+    """The abort came while the controller waited for reconstructions: no series was cut short, the run was."""
+    view = fold([ev("status", 0, 1, state="aborting"),
+                 ev("log", 1, 2, kind="series", series=11, status="complete", message="series 11 complete"),
+                 ev("status", 2, 3, state="done", outcome="aborted", abort_reason="aborted by the operator")])
+    assert [(a.key, a.message) for a in view.alerts(now=T0 + 3)] == [("run_aborted",
+                                                                       "run aborted: aborted by the operator")]
+    view.apply(ev("status", 4, 4, state="done", outcome="complete"))
+    assert keys(view, 5) == set()
+
+
 def test_reconstructor_down_from_its_silence_or_its_word():
     view = fold([ev("status", 0, 1, state="running"),
                  ev("worker", 0, 2, source="recon-1", worker="recon-1", state="idle", interval_s=1.0)])

@@ -190,6 +190,7 @@ class Controller:
                 "run_file": str(self.run_path),
                 "state": self.state.value,
                 "outcome": self.outcome,
+                "abort_reason": self._abort,
                 "error": self.error,
                 "paused": self.state == RunState.PAUSED,
                 "series_index": self.series_index,

@@ -11,6 +11,8 @@ Alerts (``Alert.key``):
 * ``publisher_silent``   nothing heard from the publisher for 3 heartbeats (the caller passes ``publisher_alive``);
 * ``no_frame``           the run is acquiring (not paused) and no frame has reached disk for ``no_frame_s``;
 * ``series_aborted``     the latest series ended aborted or in error (cleared when the next one starts);
+* ``run_aborted``        the run ended aborted with no series cut short (the abort came after the last frame,
+  while the controller waited for the reconstructions), with the reason;
 * ``reconstructor_down`` no reconstructor worker has reported for 3 of its intervals (or it said it stopped)
   while the run is live;
 * ``feedback_rejected``  the latest defocus-feedback decision was not applied, with its reason;
@@ -182,6 +184,9 @@ class RunView:
         if end.get("status") in ("aborted", "error"):
             out.append(Alert("series_aborted", "warning", str(end.get("message") or f"series {end.get('series')} "
                                                                                      f"{end.get('status')}")))
+        elif self.status.get("outcome") == "aborted":
+            out.append(Alert("run_aborted", "warning",
+                             f"run aborted: {self.status.get('abort_reason') or 'reason not given'}"))
         if state in LIVE_STATES:
             alive = [w for w in self.workers.values() if self._worker_alive(w, now)]
             if self.workers and not alive:
