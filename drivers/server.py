@@ -35,6 +35,7 @@ import zmq
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from drivers import memguard
 from drivers.errors import (
     InstrumentError,
     InstrumentTimeout,
@@ -98,6 +99,9 @@ class ServerConfig(BaseModel):
         None, description="CURVE keyring folder (ltemlive keys): only its keys get in; needed to bind beyond "
         "loopback. Acting requests need a key of role acquisition, reads any key")
     key: str = Field("instrument", description="this server's own key in keys_dir")
+    max_rss_mb: Annotated[float, Field(ge=64, le=1e6, allow_inf_nan=False)] = Field(
+        2048.0, description="resident-memory bound (MB): above it the server trims its heap and, if still over, "
+        "re-binds its socket, dropping every connection and the oversized messages they carry (drivers/memguard.py)")
 
 
 @dataclass
@@ -173,6 +177,14 @@ class InstrumentServer:
 
     # -- life cycle -------------------------------------------------------------------------------------
     def _bind(self) -> None:
+        self._router = self._bind_router(self._requested_endpoint)
+        self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        replies = self._ctx.socket(zmq.PAIR)
+        replies.setsockopt(zmq.LINGER, 0)
+        replies.bind(self._inproc)
+        self._replies = replies
+
+    def _bind_router(self, endpoint: str) -> zmq.Socket:
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -180,19 +192,44 @@ class InstrumentServer:
         router.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         router.setsockopt(zmq.SNDHWM, 64)
+        router.setsockopt(zmq.RCVHWM, 4 * self._max_queue)  # complete requests waiting; more wait in TCP
         security.serve(router)
         try:
-            router.bind(self._requested_endpoint)
+            router.bind(endpoint)
             security.check_refuses_strangers(router)
         except (zmq.ZMQError, security.SecurityError):
             router.close()
             raise
-        self._router = router
-        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
-        replies = self._ctx.socket(zmq.PAIR)
-        replies.setsockopt(zmq.LINGER, 0)
-        replies.bind(self._inproc)
-        self._replies = replies
+        return router
+
+    def _guard_memory(self, poller: zmq.Poller) -> None:
+        """Hold the server under config.max_rss_mb (see drivers/memguard.py for why a socket option cannot)."""
+        rss = memguard.rss_mb()
+        if rss is None or rss <= self.config.max_rss_mb:
+            return
+        memguard.trim()
+        after = memguard.rss_mb() or 0.0
+        if after <= self.config.max_rss_mb:
+            return
+        self._count("memory_guard")
+        assert self._router is not None and self.endpoint is not None
+        poller.unregister(self._router)
+        self._router.close(linger=0)
+        self._router = None
+        deadline = time.monotonic() + 5.0
+        while True:  # libzmq releases the port in its own I/O thread, a moment after close()
+            try:
+                self._router = self._bind_router(self.endpoint)
+                break
+            except zmq.ZMQError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        poller.register(self._router, zmq.POLLIN)
+        memguard.trim()
+        logger.critical("instrument server at {:.0f} MB, over its bound of {:.0f} MB after trimming ({:.0f} MB): "
+                        "a peer is sending an oversized message; every connection dropped, now {:.0f} MB",
+                        rss, self.config.max_rss_mb, after, memguard.rss_mb() or float("nan"))
 
     def _open(self) -> None:
         """Bind, then create the backend in the owner thread and wait for it (or its failure)."""
@@ -409,9 +446,14 @@ class InstrumentServer:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(replies, zmq.POLLIN)
+        next_guard = 0.0
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(100))
+                events = dict(poller.poll(50))
+                if time.monotonic() >= next_guard:
+                    self._guard_memory(poller)
+                    router, next_guard = self._router, time.monotonic() + 0.05
+                    assert router is not None
                 if replies in events:
                     for _ in range(64):
                         try:
@@ -496,6 +538,7 @@ class InstrumentServer:
                 "busy_s": None if self._busy_since is None else now - self._busy_since,
                 "max_call_s": self.config.max_call_s,
                 "queued": self._jobs.qsize(),
+                "rss_mb": memguard.rss_mb(),
                 "stats": self._stats_snapshot(),
             }
             self._send([identity, PROTOCOL_ID, encode_header(Reply(id=req.id, ok=True, result=result))])
