@@ -131,14 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a web dashboard of a running session: the live phase, the colour-wheel induction "
         "map, the amplitude, the loss curve, the defocus and calibration history and the run state. Anyone who "
         "can reach the page sees it; pause, resume and abort need the operator token (printed at start, or "
-        "--token / LTEMLIVE_DASHBOARD_TOKEN). ADDRESS is the publisher's snapshot address ('watch:' in the "
-        "output of ltemlive run).",
+        "--token / LTEMLIVE_DASHBOARD_TOKEN). With --keys, people log in with their key's login instead "
+        "(ltemlive keys login NAME): operators command, monitors read; that is needed to serve beyond loopback. "
+        "ADDRESS is the publisher's snapshot address ('watch:' in the output of ltemlive run).",
     )
     p.add_argument("address", help="the publisher's snapshot address, e.g. tcp://microscope-pc:7106")
     p.add_argument("--control", default=None,
                    help="the controller's control endpoint; without it the page is read-only")
     p.add_argument("--host", default="127.0.0.1",
-                   help="interface to serve on (default 127.0.0.1; 0.0.0.0 for other machines)")
+                   help="interface to serve on (default 127.0.0.1; 0.0.0.0 for other machines, with --keys)")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; 0 picks a free one)")
     p.add_argument("--token", default=None,
                    help="operator token for the buttons (default: $LTEMLIVE_DASHBOARD_TOKEN or a random one)")

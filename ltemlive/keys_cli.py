@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
                    "server (instrument, publisher)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing key of that name")
     ksub.add_parser("list", help="the keys in the folder, with their roles")
+    lg = ksub.add_parser("login", help="issue a dashboard login token for a person's key (operator or monitor); "
+                         "shown once, stored hashed in NAME.login, replaces any earlier one")
+    lg.add_argument("name")
     r = ksub.add_parser("revoke", help="move a key to revoked/: refused from the next connection on")
     r.add_argument("name")
     d = ksub.add_parser("deployment", help="create the service's own keys at once (instrument, controller, "
@@ -48,7 +51,14 @@ def run(args: argparse.Namespace, console) -> int:
                 console.print(f"no keys in {args.dir}")
             for key in keys:
                 secret = (args.dir / f"{key.name}.key_secret").exists()
-                console.print(f"{key.name:<20} {key.role:<14} {'secret here' if secret else 'public only'}")
+                login = "dashboard login" if ring.has_login(key.name) else ""
+                console.print(f"{key.name:<20} {key.role:<14} {'secret here' if secret else 'public only':<12} "
+                              f"{login}".rstrip())
+        elif args.keys_command == "login":
+            token = ring.issue_login(args.name)
+            console.print(f"dashboard login for {args.name} ({ring.key(args.name).role}), shown once: {token}",
+                          soft_wrap=True, highlight=False)
+            console.print("give it to that person only; ltemlive keys revoke or a new login ends it", highlight=False)
         elif args.keys_command == "revoke":
             where = ring.revoke(args.name)
             console.print(f"revoked {args.name}: moved to {where.parent}/; new connections with it are refused")
@@ -59,6 +69,9 @@ def run(args: argparse.Namespace, console) -> int:
             for name, role in names:
                 ring.create(name, role)
             console.print(f"created {len(names)} keys in {args.dir}: {', '.join(n for n, _ in names)}")
+            for name in ("operator", "monitor"):
+                console.print(f"dashboard login for {name}, shown once: {ring.issue_login(name)}", soft_wrap=True,
+                              highlight=False)
     except SecurityError as exc:
         raise ValueError(str(exc)) from None
     return 0

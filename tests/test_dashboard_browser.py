@@ -233,7 +233,7 @@ def test_dashboard_in_a_real_browser(tmp_path):
         print(f"phase picture updates: {rate:.2f} per s; mean render ms per picture: {stats}")
         out = "".join(dash.output)
         assert "pause from 127.0.0.1 refused: no operator token" in out
-        assert "pause from 127.0.0.1 accepted" in out
+        assert "pause by the operator token from 127.0.0.1 accepted" in out
         assert out.count(TOKEN) == 1  # printed once in the URL, never in a log line
     finally:
         if driver is not None:
@@ -246,3 +246,63 @@ def test_dashboard_in_a_real_browser(tmp_path):
             dash.close()
             print("dashboard output:\n" + "".join(dash.output)[-4000:])
         session.close()
+
+
+def test_logins_in_a_real_browser(tmp_path):
+    """A dashboard with the keyring's logins (--keys): the page asks for a login before it shows anything, a
+    monitor's login shows the run with the buttons disabled, an operator's pauses it, and revoking the key
+    takes the page back to "log in"."""
+    _need_browser()
+    import uvicorn
+    from selenium.webdriver.common.by import By
+    from test_dashboard import FakeController, running_run
+
+    from ltemlive.dashboard.gateway import Gateway
+    from ltemlive.dashboard.server import _listen, create_app
+    from ltemlive.wire.security import Keyring
+
+    ring = Keyring(tmp_path / "keys")
+    ring.create("alice", "operator")
+    ring.create("bob", "monitor")
+    operator, monitor = ring.issue_login("alice"), ring.issue_login("bob")
+    gw = Gateway(min_interval_s=0.0, dpi=50, control=True, address="tcp://test:1")
+    feed = running_run(gw)
+    fake = FakeController()
+    sock = _listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(gw, "tcp://127.0.0.1:9", keyring=ring, sender=fake),
+                                           log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    driver = _browser()
+    try:
+        driver.get(base)
+        _until(driver, "return document.getElementById('conn').textContent.startsWith('log in')", 10, "the login ask")
+        assert driver.execute_script("return window.ltemlive.firstStateAt") is None  # nothing shown without one
+        assert driver.find_element(By.ID, "token-label").text == "login"
+
+        driver.get(base + "?token=" + monitor)  # the monitor's link
+        _until(driver, "return document.getElementById('run-state').textContent === 'running'", 10, "the run")
+        assert driver.find_element(By.ID, "who").text == "bob (monitor: read only)"
+        assert driver.find_element(By.ID, "btn-pause").get_attribute("disabled") is not None
+        assert monitor not in driver.current_url  # taken out of the address bar
+
+        box = driver.find_element(By.ID, "token")
+        box.clear()
+        box.send_keys(operator + "\n")  # "change": the page logs in again, as the operator
+        _until(driver, "return document.getElementById('who').textContent === 'alice (operator)'", 10, "the operator")
+        feed("status", {"state": "running", "run_id": "run-1", "n": 2})  # a redraw enables the buttons
+        _until(driver, "return !document.getElementById('btn-pause').disabled", 10, "the enabled buttons")
+        driver.find_element(By.ID, "btn-pause").click()
+        _until(driver, "return window.ltemlive.lastReply && window.ltemlive.lastReply.ok", 10, "the reply")
+        assert fake.calls == ["pause"]
+
+        ring.revoke("alice")
+        feed("status", {"state": "paused"})
+        _until(driver, "return document.getElementById('conn').textContent.includes('revoked')", 10,
+               "the page back at log in")
+    finally:
+        driver.quit()
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -34,8 +34,10 @@ from loguru import logger
 from starlette.concurrency import run_in_threadpool
 
 from ltemlive.dashboard.gateway import PICTURES, Gateway
+from ltemlive.wire import security
+from ltemlive.wire.security import Key, Keyring
 
-__all__ = ["COMMANDS", "create_app", "run_dashboard"]
+__all__ = ["COMMANDS", "Access", "create_app", "run_dashboard"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: the only controller commands the page may send
@@ -67,18 +69,74 @@ def _default_sender(endpoint: str):
     return send
 
 
-def create_app(gateway: Gateway, control_endpoint: str | None, token: str, *, sender=None) -> FastAPI:
+class Access:
+    """Who a request is, in one of two modes.
+
+    * **One operator token** (no keyring: a dashboard on loopback for the person at the console): whoever
+      reaches the page reads; the token's holder may command.
+    * **The keyring's logins** (``--keys``, docs/security.md): a person's key of role operator or monitor with
+      a login token (``ltemlive keys login NAME``). Reading needs any login; commands need an operator's. A key
+      revoked or a login replaced ends its access at the next request (the keyring is re-read on change).
+    """
+
+    def __init__(self, token: str | None = None, keyring: Keyring | None = None) -> None:
+        if (token is None) == (keyring is None):
+            raise ValueError("the dashboard needs either an operator token or a keyring of logins")
+        if token is not None and not token:
+            raise ValueError("the operator token must not be empty")
+        self._token = None if token is None else token.encode()
+        self.keyring = keyring
+
+    @property
+    def logins(self) -> bool:
+        return self.keyring is not None
+
+    def identify(self, token: str | None) -> Key | None:
+        if not token:
+            return None
+        if self.keyring is not None:
+            return self.keyring.check_login(token)
+        assert self._token is not None
+        return OPERATOR_TOKEN if secrets.compare_digest(token.encode(), self._token) else None
+
+    def reader(self, token: str | None) -> Key | bool | None:
+        """The reader's key, True for anyone (token mode), or None: not allowed to read."""
+        return True if self.keyring is None else self.identify(token)
+
+
+#: who holds the single operator token (token mode)
+OPERATOR_TOKEN = Key("operator-token", "operator", b"")
+LOGIN_COOKIE = "ltemlive_login"
+
+
+def _bearer(request_headers) -> str | None:
+    scheme, _, given = request_headers.get("authorization", "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
+
+
+def _who(key: Key) -> str:
+    return "the operator token" if key is OPERATOR_TOKEN else f"{key.name} ({key.role})"
+
+
+def create_app(gateway: Gateway, control_endpoint: str | None, token: str | None = None, *,
+               keyring: Keyring | None = None, sender=None) -> FastAPI:
     """The dashboard's ASGI app. ``sender(action) -> (ok, message, status)`` defaults to a ControlClient on
     ``control_endpoint``; it may raise TimeoutError (the controller does not answer: 503)."""
-    if not token:
-        raise ValueError("the operator token must not be empty")
+    access = Access(token, keyring)
     if sender is None and control_endpoint:
         sender = _default_sender(control_endpoint)
-    expected = token.encode()
     hub = _Hub(gateway)
     app = FastAPI(title="ltemlive dashboard", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=hub.lifespan)
     app.state.hub = hub
+    app.state.access = access
+
+    def login_of(request: Request | WebSocket) -> str | None:
+        return _bearer(request.headers) or request.cookies.get(LOGIN_COOKIE)
+
+    def refused_read() -> JSONResponse:
+        return JSONResponse({"ok": False, "message": "log in: this dashboard needs a login (ltemlive keys login)"},
+                            status_code=401, headers={"WWW-Authenticate": 'Bearer realm="ltemlive"'})
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -94,12 +152,43 @@ def create_app(gateway: Gateway, control_endpoint: str | None, token: str, *, se
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    @app.post("/api/login")
+    async def login(request: Request) -> JSONResponse:
+        """Who this token is; with the keyring's logins it also sets the cookie the page's reads carry
+        (HttpOnly, SameSite=Strict; commands still need the Bearer header, so a cookie alone commands nothing)."""
+        who = request.client.host if request.client else "?"
+        given = _bearer(request.headers)
+        key = access.identify(given)
+        if key is None:
+            logger.warning("dashboard: login from {} refused: {}", who,
+                           "no token" if not given else "unknown, wrong or revoked login")
+            return JSONResponse({"ok": False, "message": "refused: unknown, wrong or revoked login"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="ltemlive"'})
+        logger.info("dashboard: login {} from {}", _who(key), who)
+        reply = JSONResponse({"ok": True, "name": key.name, "role": key.role, "logins": access.logins})
+        if access.logins:
+            assert given is not None
+            reply.set_cookie(LOGIN_COOKIE, given, httponly=True, samesite="strict", path="/",
+                             secure=request.url.scheme == "https")
+        return reply
+
+    @app.get("/api/whoami")
+    async def whoami(request: Request) -> JSONResponse:
+        """The page asks at start whether it must log in (``logins``) and who it is."""
+        key = access.identify(login_of(request))
+        return JSONResponse({"logins": access.logins, "name": key.name if key else None,
+                             "role": key.role if key else None})
+
     @app.get("/api/state")
-    async def state() -> Response:
+    async def state(request: Request) -> Response:
+        if not access.reader(login_of(request)):
+            return refused_read()
         return Response(gateway.state()[1], media_type="application/json")
 
     @app.get("/api/picture/{name}.png")
-    async def picture(name: str) -> Response:
+    async def picture(name: str, request: Request) -> Response:
+        if not access.reader(login_of(request)):
+            return refused_read()
         got = gateway.picture(name) if name in PICTURES else None
         if got is None:
             return JSONResponse({"detail": f"no {name} picture yet" if name in PICTURES else "no such picture"},
@@ -114,12 +203,19 @@ def create_app(gateway: Gateway, control_endpoint: str | None, token: str, *, se
         if action not in COMMANDS:  # before the token: nothing else is a command here, for anyone
             return JSONResponse({"ok": False, "message": f"unknown command {action[:40]!r}; "
                                  f"the dashboard sends {', '.join(COMMANDS)}"}, status_code=404)
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected):
-            why = "no operator token" if not given else "wrong operator token"
+        given = _bearer(request.headers)  # never the cookie: a forged cross-site request carries that
+        key = access.identify(given)
+        if key is None:
+            what = "login" if access.logins else "operator token"
+            why = f"no {what}" if not given else f"wrong, unknown or revoked {what}"
             logger.warning("dashboard: {} from {} refused: {}", action, who, why)
             return JSONResponse({"ok": False, "message": f"refused: {why}"}, status_code=401,
                                 headers={"WWW-Authenticate": 'Bearer realm="ltemlive"'})
+        if key.role != "operator":
+            logger.warning("dashboard: {} by {} from {} refused: role {} is read only", action, _who(key), who,
+                           key.role)
+            return JSONResponse({"ok": False, "message": f"refused: {key.name} has role {key.role} (read only); "
+                                 "commands need an operator's login"}, status_code=403)
         if sender is None:
             logger.warning("dashboard: {} from {} refused: no --control endpoint", action, who)
             return JSONResponse({"ok": False, "message": "read-only dashboard: started without --control"},
@@ -129,14 +225,18 @@ def create_app(gateway: Gateway, control_endpoint: str | None, token: str, *, se
         except TimeoutError as exc:  # ControllerUnreachable
             logger.warning("dashboard: {} from {}: controller does not answer: {}", action, who, exc)
             return JSONResponse({"ok": False, "message": f"the controller does not answer: {exc}"}, status_code=503)
-        logger.info("dashboard: {} from {} {}: {}", action, who, "accepted" if ok else "refused by the controller",
-                    message)
+        logger.info("dashboard: {} by {} from {} {}: {}", action, _who(key), who,
+                    "accepted" if ok else "refused by the controller", message)
         return JSONResponse({"ok": ok, "message": message, "state": status.get("state")},
                             status_code=200 if ok else 409)
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
-        await hub.serve(websocket)
+        token = login_of(websocket)
+        if access.logins:
+            await hub.serve(websocket, lambda: access.identify(token) is not None)
+        else:
+            await hub.serve(websocket)
 
     return app
 
@@ -176,7 +276,9 @@ class _Hub:
             self._event.set()
             self._event = asyncio.Event()  # the waiters hold the old one; the next change sets a new one
 
-    async def serve(self, websocket: WebSocket) -> None:
+    async def serve(self, websocket: WebSocket, allowed=lambda: True) -> None:
+        """Send the state, then every change; ``allowed()`` is asked before each send (a login revoked
+        meanwhile closes the socket with 4401, which the page reads as "log in again")."""
         # A page of another site may not read the run through the visitor's browser: same origin only.
         origin = websocket.headers.get("origin")
         host = websocket.headers.get("host", "")
@@ -187,6 +289,9 @@ class _Hub:
             self.loop, self._event = asyncio.get_running_loop(), asyncio.Event()
             self.gateway.add_listener(self.changed)
         await websocket.accept()
+        if not allowed():
+            await websocket.close(code=4401, reason="log in")
+            return
         self.clients += 1
         # Reading in the background notices a closed page at once (and ignores what a page sends).
         reader = asyncio.create_task(self._drain(websocket))
@@ -194,6 +299,9 @@ class _Hub:
             sent = -1
             while not reader.done():
                 waiter = self._event
+                if not allowed():
+                    await websocket.close(code=4401, reason="log in")
+                    return
                 seq, text = self.gateway.state()
                 if seq != sent:
                     await websocket.send_text(f'{{"type":"state","seq":{seq},"state":{text}}}')
@@ -265,7 +373,20 @@ def run_dashboard(args, console) -> int:
                 raise ValueError(f"{name}: {exc}") from None
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0..65535, got {args.port}")
-    token = _token(args)
+    keyring = Keyring(args.keys) if getattr(args, "keys", None) is not None else None
+    if keyring is not None:
+        if args.token is not None:
+            raise ValueError("--token is for a dashboard without --keys; with --keys each person logs in with "
+                             "their own login (ltemlive keys login NAME)")
+        if not any(keyring.has_login(k.name) for k in keyring.keys()):
+            raise ValueError(f"--keys {args.keys}: no key there has a dashboard login yet; issue one with "
+                             f"ltemlive keys --dir {args.keys} login NAME (a key of role operator or monitor)")
+        token = None
+    else:
+        if not security.loopback_only(f"tcp://{args.host}:{args.port}"):
+            raise ValueError(f"--host {args.host}: serving beyond loopback needs the keyring's logins (--keys DIR, "
+                             "docs/security.md), or keep 127.0.0.1 and use an SSH tunnel (docs/dashboard.md)")
+        token = _token(args)
     # The renderer thread draws with matplotlib (pure CPU, holding the GIL); the web server's I/O gives the
     # GIL up at every system call and must get it back quickly, or each request waits up to 5 ms per call.
     sys.setswitchinterval(0.0005)
@@ -283,15 +404,19 @@ def run_dashboard(args, console) -> int:
         sock = _listen(args.host, args.port)
         port = sock.getsockname()[1]
         gateway.start()
-        app = create_app(gateway, args.control, token)
+        app = create_app(gateway, args.control, token, keyring=keyring)
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2,
                                 ws_ping_interval=None, lifespan="on")
         server = uvicorn.Server(config)
         base = f"http://{_url_host(args.host)}:{port}/"
         console.print(f"dashboard of {args.address}" + ("" if args.control else " (read-only: no --control)"))
-        # Like Jupyter: the address with the operator token; whoever opens it may pause and abort the run.
-        console.print(f"open: {base}?token={token}", soft_wrap=True, highlight=False)
-        console.print(f"read-only view: {base}   (Ctrl-C stops the dashboard, not the run)", highlight=False)
+        if token is not None:
+            # Like Jupyter: the address with the operator token; whoever opens it may pause and abort the run.
+            console.print(f"open: {base}?token={token}", soft_wrap=True, highlight=False)
+            console.print(f"read-only view: {base}   (Ctrl-C stops the dashboard, not the run)", highlight=False)
+        else:
+            console.print(f"open: {base}   and log in with your dashboard login (ltemlive keys login NAME); "
+                          "operators may command, monitors read", soft_wrap=True, highlight=False)
         sys.stdout.flush()
         server.run(sockets=[sock])
     finally:

@@ -19,7 +19,9 @@ before. Each message's sender is known from the ``User-Id`` the ZAP handler sets
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import shutil
 import threading
 from collections import Counter
@@ -33,6 +35,7 @@ from zmq.utils import z85
 
 __all__ = [
     "DOMAIN",
+    "PEOPLE",
     "ROLES",
     "Key",
     "Keyring",
@@ -54,6 +57,8 @@ DOMAIN = "ltemlive"
 #: acquisition: the controller (drives the instrument); reconstructor: sends results and feedback; operator:
 #: commands (pause, abort...); monitor: read only; server: a service that only serves (instrument, publisher)
 ROLES = ("acquisition", "reconstructor", "operator", "monitor", "server")
+#: roles of people: the only keys that may have a dashboard login (``NAME.login``)
+PEOPLE = ("operator", "monitor")
 
 
 class SecurityError(ValueError):
@@ -122,11 +127,56 @@ class Keyring:
             raise SecurityError(f"{public}: no such key")
         revoked = self.directory / "revoked"
         revoked.mkdir(exist_ok=True)
-        for path in (public, self.directory / f"{name}.key_secret"):
+        for path in (public, self.directory / f"{name}.key_secret", self.directory / f"{name}.login"):
             if path.exists():
                 shutil.move(str(path), str(revoked / path.name))
         self._stamp = None
         return revoked / public.name
+
+    def issue_login(self, name: str) -> str:
+        """A new dashboard login for a person's key (operator or monitor), replacing any earlier one.
+
+        The token is ``NAME.RANDOM`` (256 bits); only its SHA-256 is kept, in ``NAME.login`` (mode 0600), so the
+        keyring folder holds nothing a thief could log in with. A fast hash is enough for a random token (it
+        is not a password someone chose). Shown once: a lost token is replaced, not recovered."""
+        key = self.key(name)
+        if key.role not in PEOPLE:
+            raise SecurityError(f"{name!r} has role {key.role}: a dashboard login is for a person's key "
+                                f"({' or '.join(PEOPLE)})")
+        token = f"{name}.{secrets.token_urlsafe(32)}"
+        path = self.directory / f"{name}.login"
+        tmp = path.with_suffix(".login.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"sha256 {hashlib.sha256(token.encode()).hexdigest()}\n")
+        os.replace(tmp, path)
+        return token
+
+    def has_login(self, name: str) -> bool:
+        return (self.directory / f"{_check_name(name)}.login").exists()
+
+    def check_login(self, token: str) -> Key | None:
+        """The key a dashboard login token belongs to, or None (unknown, wrong, revoked, not a person's)."""
+        name, dot, _ = token.partition(".")
+        try:
+            _check_name(name)
+        except SecurityError:
+            return None
+        if not dot:
+            return None
+        with self._lock:
+            self._refresh()
+            key = self._by_name.get(name)
+        if key is None or key.role not in PEOPLE:
+            return None
+        try:
+            stored = (self.directory / f"{name}.login").read_text(encoding="utf-8").split()
+        except OSError:
+            return None
+        given = hashlib.sha256(token.encode()).hexdigest()
+        if len(stored) != 2 or stored[0] != "sha256" or not secrets.compare_digest(stored[1], given):
+            return None
+        return key
 
     # -- reading ----------------------------------------------------------------------------------------------
     def _refresh(self) -> None:

@@ -16,6 +16,7 @@
   const hook = (window.ltemlive = {
     lastSeq: 0, state: null, summary: null, phaseVersion: 0, versions: {}, loaded: {},
     connectedAt: null, firstStateAt: null, stateAt: null, heardAt: null, reconnects: 0, ws: null, lastReply: null,
+    logins: false, who: null,
   });
 
   // -- the operator token: from ?token= once, then sessionStorage (this tab only), never left in the URL ---------
@@ -29,6 +30,49 @@
   }
   tokenInput.value = sessionStorage.getItem(TOKEN_KEY) || "";
   tokenInput.addEventListener("input", () => sessionStorage.setItem(TOKEN_KEY, tokenInput.value.trim()));
+  tokenInput.addEventListener("change", () => { if (hook.logins) logIn(); });
+
+  // -- logins (a dashboard started with --keys): reading needs a login, commands an operator's -------------------
+  // The login sets an HttpOnly cookie that the websocket and the pictures carry; commands send the Bearer token.
+  async function start() {
+    let who = {};
+    try { who = await (await fetch("/api/whoami", { cache: "no-store" })).json(); } catch { /* retried by ws */ }
+    hook.logins = !!who.logins;
+    if (!hook.logins) { connect(); return; }
+    $("token-label").textContent = "login";
+    tokenInput.placeholder = "your dashboard login (ltemlive keys login NAME)";
+    if (who.name) { showWho(who); connect(); } else if (tokenInput.value.trim()) logIn(); else needLogin();
+  }
+
+  async function logIn() {
+    const token = tokenInput.value.trim();
+    if (!token) { needLogin(); return; }
+    let r, body = {};
+    try {
+      r = await fetch("/api/login", { method: "POST", headers: { Authorization: "Bearer " + token }, cache: "no-store" });
+      body = await r.json().catch(() => ({}));
+    } catch { needLogin("the dashboard does not answer"); return; }
+    if (!r.ok) { needLogin(body.message || "login refused"); return; }
+    showWho(body);
+    // The websocket carries the login it was opened with: open a new one under this login.
+    const old = hook.ws;
+    hook.ws = null;
+    if (old) old.close();
+    connect();
+  }
+
+  function showWho(who) {
+    hook.who = { name: who.name, role: who.role };
+    $("who").textContent = `${who.name} (${who.role}${who.role === "operator" ? "" : ": read only"})`;
+  }
+
+  function needLogin(why) {
+    hook.who = null;
+    $("who").textContent = "";
+    const el = $("conn");
+    el.textContent = why ? `log in: ${why}` : "log in to see the run";
+    el.className = "conn conn-down";
+  }
 
   // -- the websocket ---------------------------------------------------------------------------------------------
   let backoffMs = 250;
@@ -58,9 +102,10 @@
       }
     };
     ws.onerror = () => ws.close();
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       if (hook.ws !== ws) return;
       hook.ws = null;
+      if (e.code === 4401) { needLogin("login revoked or replaced"); return; } // no retry: a new login reconnects
       hook.reconnects += 1;
       setConnection(false);
       const delay = backoffMs * (0.8 + 0.4 * Math.random()); // jitter: many pages do not come back in step
@@ -137,9 +182,12 @@
 
   function renderControls(s) {
     const control = !!(s.gateway && s.gateway.control);
+    const monitor = hook.logins && hook.who && hook.who.role !== "operator";
     for (const id of ["btn-pause", "btn-resume", "btn-abort"]) {
-      $(id).disabled = !control;
-      $(id).title = control ? "needs the operator token" : "read-only: the dashboard was started without --control";
+      $(id).disabled = !control || monitor;
+      $(id).title = !control ? "read-only: the dashboard was started without --control"
+        : monitor ? "read only: your login's role is " + hook.who.role
+          : hook.logins ? "needs an operator's login" : "needs the operator token";
     }
   }
 
@@ -228,5 +276,5 @@
   for (const action of ["pause", "resume", "abort"]) $("btn-" + action).addEventListener("click", () => send(action));
   $("control-form").addEventListener("submit", (e) => e.preventDefault());
 
-  connect();
+  start();
 })();
