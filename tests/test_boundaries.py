@@ -277,3 +277,12 @@ def test_one_framing_for_every_channel():
     assert all(o.startswith("ltemlive/wire/") or o == "drivers/protocol.py" for o in owners), owners
     text = (ROOT / "drivers/protocol.py").read_text(encoding="utf-8")
     assert "json.loads" not in text and "np.frombuffer" not in text  # framing comes from ltemlive.wire
+
+
+def test_batch_reprocessing_never_imports_the_live_roles():
+    # Dask workers reprocess run files: the reconstructor and the run-file reader, not the live session's
+    # roles, stream or control socket (their optics come from ltemlive.session.optics, which stays small).
+    forbidden = ("drivers", "ltemlive.session.replay", "ltemlive.session.roles", "ltemlive.session.launch",
+                 "ltemlive.stream", "ltemlive.controller.control", "ltemlive.controller.controller")
+    assert python_files("ltemlive/batch")
+    assert violations(python_files("ltemlive/batch") + [ROOT / "ltemlive/session/optics.py"], forbidden) == []

@@ -174,7 +174,7 @@ def _run_file_series(item: WorkItem):
     from ltemlive.optics.params import MicroscopeParams
     from ltemlive.series import Series
     from ltemlive.session.config import RunConfig
-    from ltemlive.session.replay import _optics_of
+    from ltemlive.session.optics import optics_of_run
     from ltemlive.storage.runfile import RunReader
 
     assert item.series_index is not None
@@ -195,7 +195,7 @@ def _run_file_series(item: WorkItem):
             nominal.append(rb if rb is not None and math.isfinite(rb) else rec["defocus_commanded_m"])
         plan = next((s.get("plan") or {} for s in r.series() if s["index"] == k), {})
         # Optics: the instrument snapshot, else the recorded session config, else the defaults (as replay).
-        optics = _optics_of(r, RunConfig())
+        optics = optics_of_run(r.attrs, RunConfig())
         attrs = r.attrs
     px = float(attrs["pixel_size_m"])
     if not math.isfinite(px):

@@ -22,6 +22,7 @@ from ltemlive.controller.control import ControlServer
 from ltemlive.controller.controller import result_problem
 from ltemlive.controller.feedback import DefocusEstimate, DefocusFeedback
 from ltemlive.session.config import RunConfig, reconstruction_config
+from ltemlive.session.optics import optics_of_run
 from ltemlive.storage.runfile import RunFileError, RunReader, RunWriter, new_run_path
 from ltemlive.stream.server import FrameStreamServer
 from ltemlive.wire import frames as fm
@@ -118,7 +119,7 @@ def replay(runfile: Path, cfg: RunConfig, console, *, out_dir: Path | None = Non
                                        control_endpoint=control.endpoint, context=ctx)
         stop = threading.Event()
         console.print(f"[bold]replay[/] of {runfile}: {len(series)} series -> {path}")
-        optics = _optics_of(src, cfg)
+        optics = optics_of_run(src.attrs, cfg)
         try:
             for s in series:
                 k = s["index"]
@@ -177,26 +178,3 @@ def replay(runfile: Path, cfg: RunConfig, console, *, out_dir: Path | None = Non
     except Exception as exc:
         console.print(f"[yellow]summary not written: {exc}[/]")
     return 0 if done == len([s for s in series if s["status"] == "complete"]) else 1
-
-
-def _optics_of(src: RunReader, cfg: RunConfig) -> fm.OpticsInfo:
-    import json
-
-    from ltemlive.session.roles import _optics
-
-    try:
-        snap = json.loads(src.attrs.get("instrument_json") or "{}")
-    except ValueError:
-        snap = {}
-    if isinstance(snap.get("optics"), dict):
-        return fm.OpticsInfo(**snap["optics"])
-    recorded = src.attrs.get("config_yaml") or ""
-    if recorded:
-        import yaml
-
-        try:
-            rec_cfg = RunConfig.model_validate(yaml.safe_load(recorded))
-            return _optics(rec_cfg)
-        except Exception:
-            pass
-    return _optics(cfg)

@@ -21,26 +21,11 @@ from loguru import logger
 from pydantic import ValidationError
 
 from ltemlive.session.config import ROLES, ConfigError, RunConfig, check_everything, load_run_config
+from ltemlive.session.optics import optics_of_config
 
 __all__ = ["main", "serve_role"]
 
 Ready = Callable[[dict[str, Any]], None]
-
-
-def _optics(cfg: RunConfig):
-    from ltemlive.wire.frames import OpticsInfo
-
-    if cfg.optics is not None:
-        return OpticsInfo(**cfg.optics.model_dump())
-    sim = (cfg.instrument.get("simulated") or {}).get("simulation") or {}
-    if cfg.instrument.get("backend", "simulated") == "simulated":
-        from simulator.series import SimulationConfig
-
-        s = SimulationConfig.model_validate(sim)
-        return OpticsInfo(
-            voltage_v=s.voltage_v, cs_m=s.cs_m, theta_c_rad=s.theta_c_rad, focal_spread_m=s.focal_spread_m
-        )
-    raise ConfigError("optics: the microscope's voltage, Cs and beam divergence are needed (section 'optics')")
 
 
 def serve_controller(cfg: RunConfig, stop: threading.Event, on_ready: Ready, *, config_yaml: str = "") -> int:
@@ -61,7 +46,7 @@ def serve_controller(cfg: RunConfig, stop: threading.Event, on_ready: Ready, *, 
         with lock:  # one sink, two threads (acquisition, control): serialise
             sink.emit(topic, payload, arrays)
 
-    optics = _optics(cfg)
+    optics = optics_of_config(cfg)
     microscope, camera = build(cfg.controller_instrument())
     limits = SafetyLimits.model_validate(cfg.instrument.get("limits") or {})
     controller = Controller(
