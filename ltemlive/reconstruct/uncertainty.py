@@ -7,8 +7,11 @@ and the curvature of an uninflated likelihood was 5-30x too optimistic (issue 9)
 Parameters (`parameter_uncertainty`): Gauss-Newton Fisher information F = J^T W J, J the derivatives of
 the model images with respect to (defocus_n, log theta_c, phase scale alpha, log intensity scale_n) by
 central differences, W = 1 / variance (Poisson: dose / I; sqrt-domain: J of sqrt(I), 1 / sigma^2). The
-covariance is kappa F^-1: marginal over the phase scale and the intensity scales (the directions the
-defocus trades off against), conditional on the phase's shape.
+covariance is kappa F^-1: marginal over the intensity scales and over the phase's amplitude in each of
+PHASE_BANDS radial frequency bands (the directions the defocus and the source blur trade off against: a
+blur damps the phase's contrast band by band), conditional on the phase's shape within a band. With one
+global phase scale instead of the bands, theta_c's 2-sigma covered the truth in a third of the runs
+(bench/bench_coverage.py).
 
 Phase (`phase_sigma_map`): the linearised (weak-object) information per spatial frequency,
 F(q) = sum_n 4 A^2 sin^2(chi_n) E_n^2 / (4 sigma^2) / kappa with sigma^2 the variance of sqrt(data),
@@ -49,20 +52,23 @@ def parameter_uncertainty(
     shifts = m.shifts().detach()
     scales0 = m.scales().detach()
 
+    bands = _phase_bands(phase0 - mean_phase, PHASE_BANDS)
+
     def render(df, log_theta, alpha, log_scale):
         t = m.im.transfer(df, theta_c_rad=torch.exp(log_theta), astig=(a[0], a[1]))
         blur = m.im.source_blur(df, theta_c_rad=torch.exp(log_theta), astig=(a[0], a[1]))
-        spec = m.im.wave_spectrum(mean_phase + alpha * (phase0 - mean_phase), amp)
-        img = m.im.propagate(spec, t, shifts, blur) * torch.exp(log_scale)[:, None, None]
+        phase = mean_phase + torch.einsum("b,bhw->hw", alpha, bands)
+        img = m.im.propagate(m.im.wave_spectrum(phase, amp), t, shifts, blur) * torch.exp(log_scale)[:, None, None]
         return img.clamp_min(1e-6)
 
-    base_args = [df0, torch.log(theta0), torch.ones((), dtype=df0.dtype, device=df0.device), torch.log(scales0)]
+    ones = torch.ones(len(bands), dtype=df0.dtype, device=df0.device)
+    base_args = [df0, torch.log(theta0), ones, torch.log(scales0)]
     columns = []  # (arg index, element index or None, step)
     for i in free_defocus:
         columns.append((0, i, max(1e-4 * abs(float(df0[i])), 1e-8)))
     if theta_c:
         columns.append((1, None, 1e-2))
-    columns.append((2, None, 1e-3))
+    columns.extend((2, b, 1e-3) for b in range(len(bands)))
     columns.extend((3, i, 1e-3) for i in range(n))
 
     poisson = kind == "poisson"
@@ -101,6 +107,33 @@ def parameter_uncertainty(
     if theta_c:
         out["theta_c_rad"] = float(theta0) * math.sqrt(var[len(free_defocus)])
     return out
+
+
+#: radial frequency bands of the phase whose amplitudes are nuisance parameters of the Fisher information
+PHASE_BANDS = 6
+
+
+def _phase_bands(phase: torch.Tensor, k: int) -> torch.Tensor:
+    """The phase split into ``k`` radial frequency bands, which sum to it (log-spaced edges from twice the grid's
+    lowest frequency to Nyquist; bands the phase has nothing in are left out). A scale per band is how the phase
+    can trade contrast against the defocus and the source blur (a blur damps frequencies radially), so the
+    parameters' variances are marginal over them."""
+    h, w = phase.shape[-2:]
+    q = torch.sqrt(torch.fft.fftfreq(h, device=phase.device)[:, None] ** 2
+                   + torch.fft.rfftfreq(w, device=phase.device)[None, :] ** 2).to(phase.dtype)
+    edges = torch.logspace(math.log10(2.0 / max(h, w)), math.log10(0.75), k, dtype=phase.dtype,
+                           device=phase.device)
+    spec = torch.fft.rfft2(phase)
+    out, lower = [], torch.zeros((), dtype=phase.dtype, device=phase.device)
+    for b in range(k):
+        upper = edges[b] if b < k - 1 else torch.tensor(math.inf, dtype=phase.dtype, device=phase.device)
+        sel = (q >= lower) & (q < upper) if b else q < upper
+        out.append(torch.fft.irfft2(spec * sel, s=(h, w)))
+        lower = upper
+    # A band the phase has (next to) nothing in would be a direction the images do not depend on at all.
+    total = phase.square().sum()
+    kept = [b for b in out if float(b.square().sum()) > 1e-8 * float(total)]
+    return torch.stack(kept or [phase])
 
 
 @torch.no_grad()
