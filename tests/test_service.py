@@ -241,7 +241,7 @@ def test_send_path_never_waits_for_an_absent_frozen_or_slow_reconstructor(tmp_pa
         t2 = time.time()
         st = s.wait(lambda st: st["state"] in ("done",) or st["frames_written"] >= 56, 120, "the plan")
         phases["slow"] = (t2, time.time())
-        p99 = st["frame_time_p99_s"]
+        p99, offer_p99 = st["frame_time_p99_s"], st["offer_time_p99_s"]
         s.control.command("stop")
         s.wait_controller_exit(30)
     finally:
@@ -249,16 +249,23 @@ def test_send_path_never_waits_for_an_absent_frozen_or_slow_reconstructor(tmp_pa
     run = read_run(s.run_file)
     assert run["n_frames"] == 56
     assert n2 - n1 >= 4, "frames stopped reaching the run file while the reconstructor was frozen"
-    lines = [f"controller per-frame time (run file + flush + offer): p99 {p99 * 1e3:.2f} ms"]
+    lines = [f"controller per-frame time (run file + flush + offer): p99 {p99 * 1e3:.2f} ms; the offer alone (the "
+             f"send path): p99 {offer_p99 * 1e3:.2f} ms (goal <= 10 ms)"]
     tw = run["t_written"]
+    medians = {}
     for name, (a, b) in phases.items():
         sel = (tw >= a) & (tw <= b)
         gaps = np.diff(tw[sel])
         if gaps.size:
-            lines.append(f"  {name:6s}: {sel.sum():2d} frames, interval median {np.median(gaps):.3f} s, "
+            medians[name] = float(np.median(gaps))
+            lines.append(f"  {name:6s}: {sel.sum():2d} frames, interval median {medians[name]:.3f} s, "
                          f"max {gaps.max():.3f} s; camera end -> on disk p99 "
                          f"{np.percentile((tw - run['t_end'])[sel], 99) * 1e3:.1f} ms")
-    print("\n" + "\n".join(lines))  # figures, not assertions: tests never assert times
+    print("\n" + "\n".join(lines))  # absolute times are figures, not assertions (tests never assert times)
+    # ...but the acquisition's pace with the reconstructor frozen or slow must be its pace without one: a send
+    # path that waits for the consumer (0.2 s per offer, say) slows every frame (measured: 0.22 -> 0.42 s).
+    for name in ("frozen", "slow"):
+        assert medians[name] <= 1.5 * medians["absent"], (name, medians)
 
 
 def test_ltemlive_run_exits_0_and_writes_a_run_file_and_summary(tmp_path):

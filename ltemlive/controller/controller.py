@@ -46,6 +46,8 @@ __all__ = ["Controller", "RunState", "result_problem"]
 
 #: consecutive series that fail on an instrument error before the run gives up (state "error")
 MAX_FAILED_SERIES = 3
+#: frames whose timing the status percentiles are over
+TIMES_KEPT = 10_000
 
 
 def result_problem(parameters: dict, arrays: list[np.ndarray]) -> str:
@@ -125,7 +127,9 @@ class Controller:
         self.series_index = -1
         self.frame_index = -1
         self.frames_written = 0
-        self.frame_times_s: list[float] = []  # disk + offer time per frame (the controller's own cost)
+        # Per frame, over the last TIMES_KEPT frames (a run of days must not grow a list, nor status() sort it):
+        self.frame_times_s: deque[float] = deque(maxlen=TIMES_KEPT)  # disk + offer (the controller's own cost)
+        self.offer_times_s: deque[float] = deque(maxlen=TIMES_KEPT)  # the offer alone: the send path
         self.stats: dict[str, int] = {"duplicate_results": 0, "unknown_results": 0, "bad_results": 0, "results_held": 0}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.run_path = new_run_path(self.output_dir, session)
@@ -202,6 +206,8 @@ class Controller:
                 "calibration": {"scale": cal.scale, "offset_m": cal.offset_m},
                 "feedback_frozen": self.feedback.frozen,
                 "frame_time_p99_s": float(np.percentile(times, 99)) if times.size else None,
+                "offer_time_p99_s": (float(np.percentile(self.offer_times_s, 99)) if self.offer_times_s
+                                     else None),
                 "stream": self.stream.status(),
                 "stats": dict(self.stats),
             }
@@ -518,6 +524,7 @@ class Controller:
         )
         # On disk and flushed: now, and only now, it may go downstream.
         nominal = readback if readback is not None and math.isfinite(readback) else cmd
+        t_offer = time.perf_counter()
         self.stream.offer_frame(
             fm.FrameMsg(
                 session=self.session,
@@ -531,8 +538,10 @@ class Controller:
             ),
             data,
         )
-        dt = time.perf_counter() - t0
+        t_done = time.perf_counter()
+        dt, offer = t_done - t0, t_done - t_offer
         with self._lock:
+            self.offer_times_s.append(offer)
             self._frames_of.setdefault(sp.index, []).append(fid)
             self.frame_index = i
             self.frames_written += 1
