@@ -557,7 +557,10 @@ def test_malformed_input_fuzzed_never_crashes_the_loop(publisher, ctx, closing):
     dealer.connect(pub.endpoints["snapshot"])
     sent = {"ingest": 0, "snapshot": 0}
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @settings(  # LTEMLIVE_FUZZ_EXAMPLES=10000 for the reliability goal (10k examples)
+        max_examples=int(os.environ.get("LTEMLIVE_FUZZ_EXAMPLES", 400)),
+        deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None,
+    )
     @given(msg=_messages(), to_snapshot=st.booleans())
     def fuzz(msg: list[bytes], to_snapshot: bool) -> None:
         (dealer if to_snapshot else push).send_multipart(msg)

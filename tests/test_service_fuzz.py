@@ -4,6 +4,7 @@ keep running (hypothesis)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -68,7 +69,10 @@ def test_every_bound_socket_survives_malformed_input(tmp_path):
             targets[name] = sock
         sent = {k: 0 for k in targets}
 
-        @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+        @settings(  # LTEMLIVE_FUZZ_EXAMPLES=10000 for the reliability goal (10k examples)
+            max_examples=int(os.environ.get("LTEMLIVE_FUZZ_EXAMPLES", 400)),
+            deadline=None, suppress_health_check=list(HealthCheck),
+        )
         @given(name=st.sampled_from(sorted(targets)), frames=garbage)
         def fuzz(name, frames):
             if not frames:

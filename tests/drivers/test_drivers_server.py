@@ -134,7 +134,10 @@ def test_malformed_messages_are_counted_and_nacked(tmp_path):
         sent = {"n": 0}
         try:
 
-            @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+            @settings(  # LTEMLIVE_FUZZ_EXAMPLES=10000 for the reliability goal (10k examples)
+                max_examples=int(os.environ.get("LTEMLIVE_FUZZ_EXAMPLES", 300)),
+                deadline=None, suppress_health_check=list(HealthCheck),
+            )
             @given(messages)
             def check(frames):
                 sock.send_multipart(frames)
@@ -146,7 +149,7 @@ def test_malformed_messages_are_counted_and_nacked(tmp_path):
 
             t0 = time.monotonic()
             check()
-            assert time.monotonic() - t0 < 20
+            assert time.monotonic() - t0 < 20 * max(1.0, sent["n"] / 300)  # NACKs come fast, never a hang
             assert s.server.stats["malformed"] >= sent["n"] * 0.9
             assert s.calls == []  # nothing reached the instrument
             sock.send_multipart(
