@@ -170,7 +170,7 @@ def test_sigint_stops_every_process_cleanly(tmp_path):
 def _closed_loop(tmp_path, scale_error, offset_m, max_iter=200):
     data = small(
         tmp_path,
-        instrument={"simulated": {"simulation": {"shape": [256, 256], "specimen": "resolution_pattern",
+        instrument={"simulated": {"simulation": {"shape": [192, 192], "specimen": "resolution_pattern",
                                                  "defocus_scale_error": scale_error,
                                                  "defocus_offset_m": offset_m, "dose_e_per_px": 200.0}}},
         plan={"repeats": 3, "exposure_s": 0.5, "dose_e_per_px": 100.0, "wait_for_feedback_s": 300},
