@@ -189,8 +189,10 @@ def run_session(cfg: RunConfig, console, *, log_level: str = "INFO", summary: bo
                 console.print(f"  controller: run file [bold]{got['run_file']}[/]; commands: "
                               f"ltemlive control {got['control']} pause|resume|abort|freeze_feedback|...")
                 snap = cfg.endpoints.snapshot
-                console.print(f"  watch: ltemlive monitor {snap}   in a browser: ltemlive dashboard {snap} "
-                              f"--control {got['control']}")
+                # A secured session is watched with a person's key (a monitor's reads, an operator's commands).
+                keys = "" if cfg.security.keys_dir is None else f" --keys {cfg.security.keys_dir} --key KEY"
+                console.print(f"  watch: ltemlive monitor {snap}{keys}   in a browser: ltemlive dashboard {snap} "
+                              f"--control {got['control']}{keys}")
         for name, child in starting:
             got = child.wait_ready(cancel=interrupted)
             if got is None:
