@@ -155,3 +155,11 @@ def test_keys_login_prints_the_token_once(ring):
     proc = subprocess.run([sys.executable, "-m", "ltemlive.cli", "keys", "--dir", str(ring.directory), "login",
                            "controller"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2 and "a person's key" in proc.stderr
+
+
+def test_a_flood_of_refusals_does_not_flood_the_log(ring, dash, audit):
+    _, fake, client = dash
+    for _ in range(200):
+        assert client.post("/api/command/pause", headers=bearer("alice.guess")).status_code == 401
+    refused = [line for line in audit if "refused" in line]
+    assert 1 <= len(refused) <= 21 and fake.calls == []  # 20 lines, then a count when the window ends

@@ -130,6 +130,7 @@ def create_app(gateway: Gateway, control_endpoint: str | None, token: str | None
                   lifespan=hub.lifespan)
     app.state.hub = hub
     app.state.access = access
+    strangers = _Throttled()  # refusals of requests without a valid token: a flood of them must not flood the log
 
     def login_of(request: Request | WebSocket) -> str | None:
         return _bearer(request.headers) or request.cookies.get(LOGIN_COOKIE)
@@ -160,8 +161,8 @@ def create_app(gateway: Gateway, control_endpoint: str | None, token: str | None
         given = _bearer(request.headers)
         key = access.identify(given)
         if key is None:
-            logger.warning("dashboard: login from {} refused: {}", who,
-                           "no token" if not given else "unknown, wrong or revoked login")
+            strangers.warning("dashboard: login from {} refused: {}", who,
+                              "no token" if not given else "unknown, wrong or revoked login")
             return JSONResponse({"ok": False, "message": "refused: unknown, wrong or revoked login"}, status_code=401,
                                 headers={"WWW-Authenticate": 'Bearer realm="ltemlive"'})
         logger.info("dashboard: login {} from {}", _who(key), who)
@@ -208,7 +209,7 @@ def create_app(gateway: Gateway, control_endpoint: str | None, token: str | None
         if key is None:
             what = "login" if access.logins else "operator token"
             why = f"no {what}" if not given else f"wrong, unknown or revoked {what}"
-            logger.warning("dashboard: {} from {} refused: {}", action, who, why)
+            strangers.warning("dashboard: {} from {} refused: {}", action, who, why)
             return JSONResponse({"ok": False, "message": f"refused: {why}"}, status_code=401,
                                 headers={"WWW-Authenticate": 'Bearer realm="ltemlive"'})
         if key.role != "operator":
@@ -239,6 +240,28 @@ def create_app(gateway: Gateway, control_endpoint: str | None, token: str | None
             await hub.serve(websocket)
 
     return app
+
+
+class _Throttled:
+    """Log at most ``burst`` lines per ``window_s``; the next line after a quiet spell says how many were left
+    out (the count is the audit trail of a flood; each line of it would only fill the disk)."""
+
+    def __init__(self, burst: int = 20, window_s: float = 10.0) -> None:
+        self.burst, self.window_s = burst, window_s
+        self._start, self._n, self._dropped = 0.0, 0, 0
+
+    def warning(self, fmt: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._start > self.window_s:
+            if self._dropped:
+                logger.warning("dashboard: {} more refusals of the kind above not logged in {:.0f} s", self._dropped,
+                               self.window_s)
+            self._start, self._n, self._dropped = now, 0, 0
+        self._n += 1
+        if self._n <= self.burst:
+            logger.warning(fmt, *args)
+        else:
+            self._dropped += 1
 
 
 class _Hub:
