@@ -32,9 +32,10 @@ DEFAULT = dict(
 )
 
 
-def series_for(case: str | None, size: str, seed: int):
+def series_for(case: str | None, size: str, seed: int, oversample: int | None = None):
     if case is None:
-        return simulate(SimulationConfig(seed=seed, **DEFAULT))
+        return simulate(SimulationConfig(seed=seed, **{**DEFAULT, **({} if oversample is None else
+                                                                      {"oversample": oversample})}))
     from simulator.cases import config
 
     return simulate(config(case, size=size, seed=seed))
@@ -48,14 +49,18 @@ def main() -> None:
     ap.add_argument("--size", default="test", choices=["test", "full"])
     ap.add_argument("--max-iter", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--oversample", type=int, default=None,
+                    help="the default series' simulation oversampling: 2 (default) bins 2x2 sub-pixels into a camera "
+                    "pixel, a detector blur the model does not have; 1 is the model's own sampling")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
-    print(f"series: {args.case or 'vortex disc 128^2, 200 e/px, nominal 5 % off'} ({args.size}), {args.runs} noise "
+    print(f"series: {args.case or 'vortex disc 128^2, 200 e/px, nominal 5 % off'} ({args.size}, oversample "
+          f"{args.oversample or 'default'}), {args.runs} noise "
           f"realisations, max_iter {args.max_iter}")
     z_df, z_th, cover_phi, times, stops = [], [], [], [], []
     for seed in range(args.runs):
-        s = series_for(args.case, args.size, seed)
+        s = series_for(args.case, args.size, seed, args.oversample)
         t = time.perf_counter()
         r = reconstruct(s, ReconstructionConfig(max_iter=args.max_iter))
         times.append(time.perf_counter() - t)

@@ -40,7 +40,7 @@ from ltemlive.reconstruct.objective import Objective
 from ltemlive.reconstruct.result import ReconstructionResult, Snapshot
 from ltemlive.reconstruct.start import StartBuilder, register_to_model
 from ltemlive.reconstruct.stopping import StoppingRule
-from ltemlive.reconstruct.uncertainty import parameter_uncertainty, phase_sigma_map
+from ltemlive.reconstruct.uncertainty import debiased_theta_c, parameter_uncertainty, phase_sigma_map
 from ltemlive.reconstruct.vortices import remove_vortices, residue_count
 from ltemlive.series import Series
 
@@ -478,9 +478,15 @@ class Reconstructor:
         m, cfg, obj = self.model, self.cfg, self.objective
         inflation = getattr(self, "_inflation", 1.0)
         free_df = [i for i in range(m.n) if cfg.free.defocus and bool(m.defocus_free[i])]
+        theta = float(m.theta_c())
+        if cfg.free.theta_c and self.theta_c_refined:
+            # The fit's theta_c makes up for the regulariser's damping of the phase's fine detail: report the
+            # value the data give with the band contrasts free (uncertainty.debiased_theta_c).
+            theta = debiased_theta_c(m, data=self.data, kind=obj.kind, dose=obj.dose, mask=obj.mask,
+                                     inflation=inflation)
         sig = parameter_uncertainty(
             m, data=self.data, kind=obj.kind, dose=obj.dose, mask=obj.mask, free_defocus=free_df,
-            theta_c=cfg.free.theta_c, inflation=inflation,
+            theta_c=cfg.free.theta_c, inflation=inflation, theta_c_rad=theta,
         )
         if cfg.free.defocus and math.isfinite(self.scale_sigma):
             # The common scale is known only as well as its data-only fit says (the Fisher estimate holds the phase
@@ -511,7 +517,7 @@ class Reconstructor:
                 defocus_m=m.defocus().double().cpu().numpy(),
                 defocus_sigma_m=sig["defocus_m"],
                 defocus_nominal_m=self.series.defocus_m.copy(),
-                theta_c_rad=float(m.theta_c()),
+                theta_c_rad=theta,
                 theta_c_sigma_rad=sig["theta_c_rad"],
                 astig_m=(float(a[0]), float(a[1])),
                 shifts_px=shifts,
@@ -538,6 +544,7 @@ class Reconstructor:
                     "reference": self.reference,
                     "start_candidates": self.start_candidates,
                     "inflation": inflation,
+                    "theta_c_fit_rad": float(m.theta_c()),  # the fit's own, before debiased_theta_c
                     "start_data_loss": getattr(self, "_start_loss", math.nan),
                 },
             )
