@@ -52,17 +52,19 @@ def main() -> None:
     ap.add_argument("--oversample", type=int, default=None,
                     help="the default series' simulation oversampling: 2 (default) bins 2x2 sub-pixels into a camera "
                     "pixel, a detector blur the model does not have; 1 is the model's own sampling")
+    ap.add_argument("--detector", default="point", choices=["point", "pixel"],
+                    help="ReconstructionConfig.detector: pixel models the camera's integration over its pixels")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
     print(f"series: {args.case or 'vortex disc 128^2, 200 e/px, nominal 5 % off'} ({args.size}, oversample "
-          f"{args.oversample or 'default'}), {args.runs} noise "
+          f"{args.oversample or 'default'}; detector model {args.detector}), {args.runs} noise "
           f"realisations, max_iter {args.max_iter}")
     z_df, z_th, cover_phi, times, stops = [], [], [], [], []
     for seed in range(args.runs):
         s = series_for(args.case, args.size, seed, args.oversample)
         t = time.perf_counter()
-        r = reconstruct(s, ReconstructionConfig(max_iter=args.max_iter))
+        r = reconstruct(s, ReconstructionConfig(max_iter=args.max_iter, detector=args.detector))
         times.append(time.perf_counter() - t)
         stops.append(r.stopped_because.split(" (")[0])
         truth = s.truth

@@ -534,3 +534,23 @@ def test_integer_shift_moves_the_image():
     m = model(n)
     base, moved = m.images(bump, None, [2e-4, 2e-4], shifts_px=[[0.0, 0.0], [3.0, 5.0]]).numpy()
     np.testing.assert_allclose(moved, np.roll(base, (3, 5), axis=(0, 1)), atol=1e-10)
+
+
+@pytest.mark.parametrize("coherence", ["blur", "envelope"])
+def test_pixel_detector_integrates_over_the_pixel(coherence):
+    """detector="pixel": the in-focus image of an amplitude pattern is the pattern filtered by the square
+    pixel's transfer sinc(qx px) sinc(qy px) - the mean (q = 0) kept, a Nyquist stripe damped to 2/pi."""
+    n = 32
+    px = 5e-9
+    yy, xx = np.mgrid[:n, :n]
+    amp2 = 1.0 + 0.2 * np.cos(np.pi * xx) + 0.1 * np.cos(2 * np.pi * 4 * yy / n)  # Nyquist in x, 4 cycles in y
+    kw = dict(padding="periodic", dtype=torch.float64, coherence=coherence)
+    params = MicroscopeParams(voltage_v=200e3, cs_m=0.0, theta_c_rad=0.0, focal_spread_m=0.0)
+    point = ImageModel((n, n), px, params, **kw).images(np.zeros((n, n)), np.sqrt(amp2), [0.0])[0].numpy()
+    pixel = ImageModel((n, n), px, params, detector="pixel", **kw).images(
+        np.zeros((n, n)), np.sqrt(amp2), [0.0])[0].numpy()
+    np.testing.assert_allclose(point, amp2, atol=1e-12)
+    expected = 1.0 + 0.2 * (2 / np.pi) * np.cos(np.pi * xx) + 0.1 * np.sinc(4 / n) * np.cos(2 * np.pi * 4 * yy / n)
+    np.testing.assert_allclose(pixel, expected, atol=1e-12)
+    with pytest.raises(ValueError, match="detector"):
+        ImageModel((n, n), px, params, detector="ccd")

@@ -106,10 +106,14 @@ class ImageModel:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         coherence: Literal["envelope", "blur"] = "envelope",
+        detector: Literal["point", "pixel"] = "point",
     ):
         if coherence not in ("envelope", "blur"):
             raise ValueError(f"coherence must be 'envelope' or 'blur', got {coherence!r}")
+        if detector not in ("point", "pixel"):
+            raise ValueError(f"detector must be 'point' or 'pixel', got {detector!r}")
         self.coherence = coherence
+        self.detector = detector
         if len(shape) != 2 or min(shape) < 2:
             raise ValueError(f"shape must be (H, W) with H, W >= 2, got {shape}")
         if not (math.isfinite(pixel_size_m) and pixel_size_m > 0):
@@ -150,6 +154,11 @@ class ImageModel:
             qx=qx_h, qy=g.qy, q2=q2_h, q=g.q[:, :half], cos2=g.cos2[:, :half], sin2=2 * qx_h * g.qy / safe,
             pixel_size_m=pixel_size_m,
         )
+        # A camera pixel integrates the intensity over its square: the image spectrum times
+        # sinc(qx px) sinc(qy px) (0.64 per axis at Nyquist). "point" samples the intensity at the pixel centres.
+        self.pixel_mtf: torch.Tensor | None = None
+        if detector == "pixel":
+            self.pixel_mtf = torch.sinc(qx_h * pixel_size_m) * torch.sinc(g.qy[:, :half] * pixel_size_m)
 
         # Pixels whose image the padding can reach are not trustworthy under zero padding.
         valid = torch.ones(self.shape, dtype=torch.bool, device=self.device)
@@ -232,9 +241,13 @@ class ImageModel:
         )
 
     def source_blur(self, defocus_m, *, theta_c_rad=None, astig=None) -> torch.Tensor | None:
-        """G_n(q) on the half spectrum (N, Hp, Wp // 2 + 1), real, under `blur`; None under `envelope`."""
+        """G_n(q) on the half spectrum (N, Hp, Wp // 2 + 1), real, under `blur`; None under `envelope`. Both times
+        the detector's pixel integration when `detector="pixel"` (a filter on the image, like the source blur)."""
         if self.coherence == "envelope":
-            return None
+            if self.pixel_mtf is None:
+                return None
+            n = self.as_tensor(defocus_m).reshape(-1).numel()
+            return self.pixel_mtf.expand(n, *self.pixel_mtf.shape).contiguous()
         df = self.as_tensor(defocus_m).reshape(-1)
         p = self.params
         if theta_c_rad is None:
@@ -243,7 +256,8 @@ class ImageModel:
             astig = astig_cartesian(p.astig_m, p.astig_azimuth_rad)
         g = self.half_grid
         df_eff = effective_defocus(g, df, astig[0], astig[1])
-        return envelope_from(g, self.wavelength_m, df_eff, p.cs_m, theta_c_rad, 0.0)
+        blur = envelope_from(g, self.wavelength_m, df_eff, p.cs_m, theta_c_rad, 0.0)
+        return blur if self.pixel_mtf is None else blur * self.pixel_mtf
 
     def shift_ramp(self, shifts_px: torch.Tensor) -> torch.Tensor:
         """exp(-2 pi i q.s) for per-image shifts (N, 2) = (dy, dx) in pixels, complex (N, Hp, Wp)."""

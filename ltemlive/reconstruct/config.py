@@ -39,6 +39,13 @@ class ReconstructionConfig(BaseModel):
         "sum over source points, conserves intensity); envelope: the quasi-coherent envelope on the wave, which "
         "damps the strongly deflected beams of strong phase objects",
     )
+    detector: Literal["point", "pixel"] = Field(
+        "point",
+        description="how a camera pixel records the image: point (default): the intensity at the pixel centre, as "
+        "simple simulations make it; pixel: integrated over the pixel's square, as a real camera does (the image "
+        "spectrum times sinc(qx px) sinc(qy px)). With the wrong one theta_c absorbs the difference (+4 % on a "
+        "2x2-binned simulation read as point samples) and the phase's fine detail comes out weak",
+    )
     ramp: Literal["phase", "drift"] = Field(
         "phase",
         description="what a shift of the images in proportion to their defocus is (the data cannot tell): phase "

@@ -86,6 +86,7 @@ class Reconstructor:
             device=self.device,
             dtype=self.dtype,
             coherence=cfg.coherence,
+            detector=cfg.detector,
         )
         mask = self.im.valid_mask if cfg.padding == "zero" else None
         self.objective = Objective(self.data, series.dose_e_per_px, cfg, mask=mask, warm=self.warm)
