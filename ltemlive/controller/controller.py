@@ -208,6 +208,7 @@ class Controller:
                 "frame_time_p99_s": float(np.percentile(times, 99)) if times.size else None,
                 "offer_time_p99_s": (float(np.percentile(self.offer_times_s, 99)) if self.offer_times_s
                                      else None),
+                "offer_time_median_s": float(np.median(self.offer_times_s)) if self.offer_times_s else None,
                 "stream": self.stream.status(),
                 "stats": dict(self.stats),
             }
