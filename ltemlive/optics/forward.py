@@ -40,6 +40,7 @@ from ltemlive.optics.transfer import (
     astig_cartesian,
     effective_defocus,
     envelope_from,
+    pixel_transfer,
     transfer_function,
 )
 
@@ -154,11 +155,9 @@ class ImageModel:
             qx=qx_h, qy=g.qy, q2=q2_h, q=g.q[:, :half], cos2=g.cos2[:, :half], sin2=2 * qx_h * g.qy / safe,
             pixel_size_m=pixel_size_m,
         )
-        # A camera pixel integrates the intensity over its square: the image spectrum times
-        # sinc(qx px) sinc(qy px) (0.64 per axis at Nyquist). "point" samples the intensity at the pixel centres.
-        self.pixel_mtf: torch.Tensor | None = None
-        if detector == "pixel":
-            self.pixel_mtf = torch.sinc(qx_h * pixel_size_m) * torch.sinc(g.qy[:, :half] * pixel_size_m)
+        # A camera pixel integrates the intensity over its square (transfer.pixel_transfer, on the half spectrum);
+        # "point" samples the intensity at the pixel centres.
+        self.pixel_mtf = pixel_transfer(self.half_grid) if detector == "pixel" else None
 
         # Pixels whose image the padding can reach are not trustworthy under zero padding.
         valid = torch.ones(self.shape, dtype=torch.bool, device=self.device)

@@ -93,6 +93,13 @@ def envelope_from(
     return torch.exp(-(temporal + spatial) / u)
 
 
+def pixel_transfer(grid: FrequencyGrid) -> torch.Tensor:
+    """The transfer of a camera pixel that integrates the intensity over its square: sinc(qx px) sinc(qy px)
+    (normalised sinc; 1 at q = 0, 2/pi per axis at Nyquist), on the grid's own frequencies."""
+    px = grid.pixel_size_m
+    return torch.sinc(grid.qx * px) * torch.sinc(grid.qy * px)
+
+
 def chi(grid: FrequencyGrid, wavelength_m: float, defocus_m, *, cs_m=0.0, a_c=0.0, a_s=0.0) -> torch.Tensor:
     """Aberration phase chi(q) in rad, shape (N, H, W)."""
     return chi_from(grid, wavelength_m, effective_defocus(grid, defocus_m, a_c, a_s), cs_m)

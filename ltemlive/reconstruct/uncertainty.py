@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from ltemlive.optics.transfer import effective_defocus, envelope_from
+from ltemlive.optics.transfer import effective_defocus, envelope_from, pixel_transfer
 from ltemlive.reconstruct.objective import CURVATURE_SCALE
 
 
@@ -181,8 +181,7 @@ def phase_sigma_map(model, *, sqrt_var: float, inflation: float) -> np.ndarray:
         df_eff = effective_defocus(im.grid, m.defocus(), a_c, a_s)
         t = t * envelope_from(im.grid, im.wavelength_m, df_eff, im.params.cs_m, m.theta_c(), 0.0)
     if im.detector == "pixel":  # the pixel's integration damps the image's frequencies too (ImageModel.pixel_mtf)
-        px = im.pixel_size_m
-        t = t * (torch.sinc(im.grid.qx * px) * torch.sinc(im.grid.qy * px))
+        t = t * pixel_transfer(im.grid)
     e2 = t.abs().square()
     # sin^2 chi from T = E exp(-i chi): Im(T)^2 / |T|^2 (0 where E vanishes).
     sin2 = torch.where(e2 > 0, t.imag.square() / e2.clamp_min(1e-30), torch.zeros_like(e2))
