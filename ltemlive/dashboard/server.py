@@ -99,9 +99,9 @@ class Access:
         assert self._token is not None
         return OPERATOR_TOKEN if secrets.compare_digest(token.encode(), self._token) else None
 
-    def reader(self, token: str | None) -> Key | bool | None:
-        """The reader's key, True for anyone (token mode), or None: not allowed to read."""
-        return True if self.keyring is None else self.identify(token)
+    def can_read(self, token: str | None) -> bool:
+        """Anyone reads in token mode; with the keyring's logins, any valid login."""
+        return self.keyring is None or self.identify(token) is not None
 
 
 #: who holds the single operator token (token mode)
@@ -182,13 +182,13 @@ def create_app(gateway: Gateway, control_endpoint: str | None, token: str | None
 
     @app.get("/api/state")
     async def state(request: Request) -> Response:
-        if not access.reader(login_of(request)):
+        if not access.can_read(login_of(request)):
             return refused_read()
         return Response(gateway.state()[1], media_type="application/json")
 
     @app.get("/api/picture/{name}.png")
     async def picture(name: str, request: Request) -> Response:
-        if not access.reader(login_of(request)):
+        if not access.can_read(login_of(request)):
             return refused_read()
         got = gateway.picture(name) if name in PICTURES else None
         if got is None:
