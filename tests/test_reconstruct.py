@@ -193,6 +193,26 @@ def test_streaming_incremental_converges_to_batch(clean_series, clean_result):
     assert phase_accuracy(warm.phase, clean_series.truth.phase) > 0.95  # 0.96: see LEAKY_MARGIN
 
 
+def test_streaming_computes_uncertainties_only_when_asked(clean_series, monkeypatch):
+    """Each new image warm-starts from the state so far; the uncertainties (more than a block of iterations) are
+    computed for a result that is asked for, not on every image."""
+    calls = []
+    real = Reconstructor._uncertainties
+    monkeypatch.setattr(Reconstructor, "_uncertainties", lambda self: calls.append(1) or real(self))
+    stream = StreamingReconstruction(
+        clean_series.microscope, clean_series.pixel_size_m, config=ReconstructionConfig(max_iter=20)
+    )
+    for img, df in zip(clean_series.images, clean_series.defocus_m, strict=True):
+        stream.add_image(img, df)
+        stream.step()
+    assert calls == []
+    stream.add_image(clean_series.images[0], clean_series.defocus_m[0] * 1.5)
+    asked = stream.result()  # right after an image: the images before it, in full
+    assert len(calls) == 1 and len(asked.defocus_m) == 4
+    assert np.all(np.isfinite(asked.defocus_sigma_m)) and asked.phase_sigma is not None
+    assert stream.run().defocus_m.shape == (5,) and len(calls) == 2
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

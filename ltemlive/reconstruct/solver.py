@@ -475,7 +475,8 @@ class Reconstructor:
                 callback(snap)
         return self.result()
 
-    def result(self) -> ReconstructionResult:
+    def _uncertainties(self) -> tuple[float, dict, np.ndarray | None]:
+        """theta_c as reported, the one-sigma values of the parameters, and the phase's sigma map."""
         m, cfg, obj = self.model, self.cfg, self.objective
         inflation = getattr(self, "_inflation", 1.0)
         free_df = [i for i in range(m.n) if cfg.free.defocus and bool(m.defocus_free[i])]
@@ -495,6 +496,20 @@ class Reconstructor:
             scale_part = np.abs(m.defocus().double().cpu().numpy()) * self.scale_sigma
             sig["defocus_m"] = np.sqrt(np.nan_to_num(sig["defocus_m"]) ** 2 + scale_part**2)
         phase_sigma = phase_sigma_map(m, sqrt_var=obj.sqrt_var, inflation=inflation) if cfg.free.phase else None
+        return theta, sig, phase_sigma
+
+    def result(self, uncertainties: bool = True) -> ReconstructionResult:
+        """The fit as it stands. `uncertainties=False` skips what costs more than a block of iterations (the
+        one-sigma values, the phase sigma map, theta_c's debiasing): the state a warm start needs, with the
+        fit's own theta_c and NaN sigmas."""
+        m, cfg = self.model, self.cfg
+        if uncertainties:
+            theta, sig, phase_sigma = self._uncertainties()
+        else:
+            theta, phase_sigma = float(m.theta_c().detach()), None
+            sig = {"defocus_m": np.full(m.n, math.nan), "theta_c_rad": math.nan}
+        inflation = getattr(self, "_inflation", 1.0)
+        obj = self.objective
         gy, gx = m.ramp_rad_per_px()
         px = self.series.pixel_size_m
         with torch.no_grad():

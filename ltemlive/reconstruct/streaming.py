@@ -41,6 +41,9 @@ class StreamingReconstruction:
         self.images: list[np.ndarray] = []
         self.defocus: list[float] = []
         self._warm = warm_start
+        # The reconstruction of the images before the last add_image: its state warm-starts the next one, and
+        # its full result (uncertainties included) is computed only if someone asks for it.
+        self._prev: Reconstructor | None = None
         self._rec: Reconstructor | None = None
         self._steps: Iterator[Snapshot] | None = None
         self._last_emit = -np.inf
@@ -55,7 +58,7 @@ class StreamingReconstruction:
         if not np.isfinite(defocus_m):
             raise ValueError(f"defocus_m must be finite, got {defocus_m}")
         if self._rec is not None:
-            self._warm = self._rec.result()  # keep what has been learnt so far
+            self._prev = self._rec  # keep what has been learnt so far; nothing is computed here
         self.images.append(image)
         self.defocus.append(float(defocus_m))
         self._rec = None
@@ -82,6 +85,11 @@ class StreamingReconstruction:
         if not self.ready or self.done:
             return None
         if self._rec is None:
+            if self._prev is not None:
+                # A warm start needs the state, not its uncertainties: those cost more than a block of iterations
+                # and would be recomputed on every image.
+                self._warm = self._prev.result(uncertainties=False)
+                self._prev = None
             self._rec = Reconstructor(self.series(), self.cfg, warm_start=self._warm)
             self._steps = self._rec.steps()
         try:
@@ -118,6 +126,8 @@ class StreamingReconstruction:
 
     def result(self) -> ReconstructionResult:
         if self._rec is None:
+            if self._prev is not None:
+                return self._prev.result()
             if self._warm is None:
                 raise RuntimeError("no reconstruction yet: add at least two images at different defocus")
             return self._warm
