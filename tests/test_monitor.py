@@ -385,18 +385,23 @@ def test_attach_mid_run_shows_the_current_state_within_1_s(tmp_path):
         s.close()
 
 
+# 10 s frozen by default, 30 s (the reliability table's figure) as a soak test. At ~9 events/s, mostly small, what
+# a frozen monitor is owed in 10 s fits in the kernel's socket buffers: with the high-water mark off this test still
+# passed (+0.6 MB). The memory bound is shown failing by test_publisher.py::test_frozen_subscriber_neither_slows_
+# nor_bloats_the_publisher (RSS +104.6 MB without it); this one shows a real monitor freezing and catching up.
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_frozen_monitor_neither_slows_acquisition_nor_bloats_the_publisher(tmp_path):
-    """A monitor frozen (SIGSTOP) for 30 s beside a run with a steady event rate (frames at ~4 Hz, live previews
+@pytest.mark.parametrize("frozen_s", [10.0, pytest.param(30.0, marks=pytest.mark.soak)])
+def test_frozen_monitor_neither_slows_acquisition_nor_bloats_the_publisher(tmp_path, frozen_s):
+    """A monitor frozen (SIGSTOP) for `frozen_s` beside a run with a steady event rate (frames at ~4 Hz, live previews
     of the reconstruction at the publisher's limit).
 
     Bound on the publisher's memory: PUB drops for a subscriber whose queue holds ``sndhwm`` messages, so its
     RSS may grow by at most ``sndhwm`` x the largest message on the stream (here a result: two 128^2 float32
-    maps, 128 KiB) + 32 MB slack (allocator, kernel socket buffers are not RSS) = 100 x 128 KiB + 32 MB
-    = 44.5 MB. Acquisition must not slow: frames/s while frozen >= half the rate before (loose: CI is a
-    loaded 2-core box; the sinks never block, so the rate should not move at all)."""
-    shape, sndhwm = 128, 100
+    maps, 128 KiB) + 16 MB slack (allocator, kernel socket buffers are not RSS) = 30 x 128 KiB + 16 MB
+    = 19.75 MB (measured: +0.6 MB). Acquisition must not slow: frames/s while frozen >= half the rate before
+    (loose: CI is a loaded 2-core box; the sinks never block, so the rate should not move at all)."""
+    shape, sndhwm = 128, 30
     data = small(
         tmp_path,
         instrument={"simulated": {"time_scale": 1.0, "simulation": {"shape": [shape, shape]}}},
@@ -408,7 +413,7 @@ def test_frozen_monitor_neither_slows_acquisition_nor_bloats_the_publisher(tmp_p
         publisher={"sndhwm": sndhwm, "preview_interval_s": 0.1},
     )
     largest = 2 * min(shape, data.get("publisher", {}).get("result_preview_px", 512)) ** 2 * 4
-    bound_mb = sndhwm * largest / 2**20 + 32
+    bound_mb = sndhwm * largest / 2**20 + 16
     s = Session(data, tmp_path)
     pub_pid = s.children["publisher"].proc.pid
     proc, out = start_monitor(s.ready["publisher"]["snapshot"])
@@ -433,12 +438,12 @@ def test_frozen_monitor_neither_slows_acquisition_nor_bloats_the_publisher(tmp_p
                 return sub.last_seq
 
         seq0 = published()
-        rate0, rss0, dt0 = measure(5.0)
+        rate0, rss0, dt0 = measure(3.0)
         seq1 = published()
         os.kill(proc.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
         try:
-            rate1, rss1, dt1 = measure(30.0)
+            rate1, rss1, dt1 = measure(frozen_s)
             seq2 = published()
             series_now = s.status()["series_index"]
         finally:
@@ -457,7 +462,7 @@ def test_frozen_monitor_neither_slows_acquisition_nor_bloats_the_publisher(tmp_p
         figures = (f"frames/s before {rate0:.2f} (over {dt0:.0f} s), frozen {rate1:.2f} (over {dt1:.0f} s); "
                    f"publisher events/s before {(seq1 - seq0) / dt0:.1f}, frozen {(seq2 - seq1) / dt1:.1f}; "
                    f"publisher RSS before {rss0:.1f} MB, frozen max {rss1:.1f} MB (growth {growth:+.1f} MB, bound "
-                   f"{bound_mb:.1f} MB = {sndhwm} x {largest / 1024:.0f} KiB + 32 MB), after {rss_after:.1f} MB; "
+                   f"{bound_mb:.1f} MB = {sndhwm} x {largest / 1024:.0f} KiB + 16 MB), after {rss_after:.1f} MB; "
                    f"frozen {resumed - frozen_at:.0f} s; monitor caught up with series {caught_up} "
                    f"(running when woken: {series_now}), resynced from a snapshot: {resynced}")
         print("\n" + figures)
