@@ -22,6 +22,8 @@ them through one gradient:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -153,6 +155,12 @@ class SeriesModel(torch.nn.Module):
     def theta_c(self) -> torch.Tensor:
         # Soft bound: within a factor e^2 of the start, so a wild line-search trial cannot reach inf.
         return self.theta_c0 * torch.exp(THETA_LOG_BOUND * torch.tanh(self.t / THETA_LOG_BOUND))
+
+    @torch.no_grad()
+    def set_theta_c(self, theta_c_rad: float) -> None:
+        """Put theta_c at a value (held just inside the soft bound when beyond it)."""
+        x = math.log(max(float(theta_c_rad), 1e-30) / self.theta_c0) / THETA_LOG_BOUND
+        self.t.fill_(math.atanh(min(max(x, -0.999999), 0.999999)) * THETA_LOG_BOUND)
 
     def astig(self) -> torch.Tensor:
         return self.astig_uv * ASTIG_UNIT_M
