@@ -11,11 +11,10 @@ has its own module:
 
 Schedule (`Reconstructor.steps`):
 1. start (best candidate), a warm-up phase block, registration to the model's predictions;
-2. blocks alternating the optics (shifts, scales, per-image defocus if asked; the phase held) and the
-   phase (the optics cached); vortices removed after a phase block; the regulariser relaxes to its
-   target; theta_c set every few blocks by Gauss-Newton with the phase's band contrasts free
-   (_update_theta_c); the common defocus scale fitted by data alone when the refinement settles (and at
-   the latest at fixed fractions of the budget);
+2. blocks alternating the optics (theta_c, shifts, scales, per-image defocus if asked; the phase held) and
+   the phase (the optics cached); vortices removed after a phase block; the regulariser relaxes to its
+   target; the common defocus scale fitted by data alone when the refinement settles (and at the latest
+   at fixed fractions of the budget);
 3. stop when the stopping rule says so, or at the iteration cap (exactly max_iter phase iterations);
 4. checks that the data support what moved (defocus, theta_c, each against its nominal value after the
    same re-fit block of the phase: else back to nominal), that the fit is at
@@ -56,7 +55,6 @@ LARGE_SCALE_MIN_CORRELATION = 0.9
 # is still converging, that block alone was worth more evidence than a true 10 % defocus error (weak vortex disc,
 # 120 iterations: "gain -123", nominal kept; the 10 % found at 150).
 CHECK_BLOCKS = 2
-THETA_EVERY = 3  # blocks between updates of theta_c (Reconstructor._update_theta_c)
 
 
 class Reconstructor:
@@ -135,8 +133,20 @@ class Reconstructor:
     def noise_level(self) -> float:
         return self.objective.noise_level
 
+    # -- objective with the priors on the instrument parameters ---------------------------------------
+    def _theta_prior(self) -> torch.Tensor:
+        """Gaussian prior on ln(theta_c / nominal), in the objective's units (per-pixel loss, inflated)."""
+        m = self.model
+        theta_nom = self.series.microscope.theta_c_rad
+        log_ratio = torch.log(m.theta_c() / theta_nom) if theta_nom > 0 else m.t * 0
+        nll = 0.5 * (log_ratio / self.cfg.theta_c_prior) ** 2
+        return nll * self._inflation / self.objective.nll_per_loss()
+
     def _total(self) -> torch.Tensor:
-        return self.objective(self.model)[0]
+        loss, _, _ = self.objective(self.model)
+        if self.cfg.free.theta_c and self.model.t.requires_grad:
+            loss = loss + self._theta_prior()
+        return loss
 
     # -- parameter groups -----------------------------------------------------------------------------
     def phase_params(self) -> list[torch.nn.Parameter]:
@@ -148,27 +158,11 @@ class Reconstructor:
         # scale: the common scale is set by data-only fits (calibration.py); per_image: the per-image differences
         # are refined by gradient on top, once the first scale fit has been made.
         per_image = f.defocus and self.cfg.defocus_model == "per_image" and self._defocus_on
-        # theta_c is not refined by gradient: see _update_theta_c.
-        pairs = ((m.r, per_image), (m.astig_uv, f.astigmatism), (m.s, f.shifts), (m.k, f.scales))
+        # theta_c only once the phase has settled at the nominal value (the first scale fit, or 30 % of the budget):
+        # freed from the start it compensated early phase errors and ran to its bound (dome island: 0.14x).
+        theta = f.theta_c and self._theta_on
+        pairs = ((m.r, per_image), (m.t, theta), (m.astig_uv, f.astigmatism), (m.s, f.shifts), (m.k, f.scales))
         return [p for p, on in pairs if on]
-
-    def _update_theta_c(self) -> None:
-        """theta_c set to what the data say with the phase's contrast free in each frequency band
-        (uncertainty.debiased_theta_c), with its prior; the phase then re-fits to it.
-
-        Refined by gradient together with the phase, theta_c made up for the regulariser's damping of the
-        phase's fine detail (less source blur for less contrast) and ran to its bound on the dome island
-        (0.135x the true value, AD worse than TIE); set this way it came to 0.93x and the Bloch lattice's
-        defocus stayed at its exact nominal."""
-        m, obj = self.model, self.objective
-        nominal = self.series.microscope.theta_c_rad
-        prior = (math.log(nominal), self.cfg.theta_c_prior) if nominal > 0 else None
-        theta = debiased_theta_c(m, data=self.data, kind=obj.kind, dose=obj.dose, mask=obj.mask,
-                                 inflation=self._inflation, log_theta_prior=prior)
-        if math.isfinite(theta) and theta > 0:
-            m.set_theta_c(theta)
-            if self._phase_opt is not None:
-                self._phase_opt.reset()
 
     # -- records --------------------------------------------------------------------------------------
     def _record(self, stage: str) -> Snapshot:
@@ -289,7 +283,7 @@ class Reconstructor:
                 register_to_model(m, self.data, self.series.defocus_m, max_shift)
                 phase_opt.reset()
 
-        retries = theta_blocks = 0
+        retries = 0
         while budget_left() > 0:
             optics_block()
             if phase_opt is not None and budget_left() > 0:
@@ -305,16 +299,8 @@ class Reconstructor:
                 continue
             settled = stopping.update()
             late = self.iterations >= SCALE_FIT_AT[0] * cfg.max_iter
-            if cfg.free.theta_c and self._theta_on:
-                theta_blocks += 1
-                if theta_blocks % THETA_EVERY == 0:
-                    self._update_theta_c()
-            # theta_c only once the phase has settled at the nominal value (the first scale fit, or 30 % of the
-            # budget): freed from the start it compensated early phase errors.
             if not self._theta_on and (settled or late or not refine_defocus):
                 self._theta_on = True
-                if cfg.free.theta_c:
-                    self._update_theta_c()
                 if settled:
                     stopping.reset()
                     continue

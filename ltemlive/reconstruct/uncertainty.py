@@ -35,12 +35,11 @@ from ltemlive.reconstruct.objective import CURVATURE_SCALE
 @torch.no_grad()
 def parameter_uncertainty(
     model, *, data: torch.Tensor, kind: str, dose: float | None, mask, free_defocus: list[int], theta_c: bool,
-    inflation: float, theta_c_rad: float | None = None, log_theta_prior: tuple[float, float] | None = None,
+    inflation: float, theta_c_rad: float | None = None,
 ) -> dict:
     """One-sigma values (``defocus_m`` per image, ``theta_c_rad``) at the model's state, or at ``theta_c_rad``
     instead of the model's; also ``log_theta_step``, the Gauss-Newton step of ln theta_c with every other
-    column of the Fisher information free (see debiased_theta_c), with a Gaussian prior (mean, sigma) on
-    ln theta_c in that step if given."""
+    column of the Fisher information free (see debiased_theta_c)."""
     m = model
     n = m.n
     out = {"defocus_m": np.full(n, np.nan), "theta_c_rad": float("nan"), "log_theta_step": float("nan")}
@@ -111,20 +110,7 @@ def parameter_uncertainty(
     for k, i in enumerate(free_defocus):
         out["defocus_m"][i] = math.sqrt(var[k])
     resid = (transform(data.clamp_min(0)) - transform(img0)).double().reshape(-1, 1)
-    rhs = (j * w).T @ resid
-    step_cov = cov
-    if theta_c and log_theta_prior is not None:
-        # The prior in the same (inflated) units as the information: Poisson weights are uninflated.
-        k, (mean, sd) = len(free_defocus), log_theta_prior
-        kappa = inflation if poisson else 1.0
-        f2 = fisher.clone()
-        f2[k, k] += kappa / sd**2
-        rhs = rhs.clone()
-        rhs[k] -= kappa * (math.log(float(theta0)) - mean) / sd**2
-        step_cov = torch.linalg.pinv(f2)
-    step = (step_cov @ rhs).reshape(-1).cpu().numpy()
-    out["defocus_step_m"] = np.zeros(n)
-    out["defocus_step_m"][free_defocus] = step[: len(free_defocus)]
+    step = (cov @ ((j * w).T @ resid)).reshape(-1).cpu().numpy()
     if theta_c:
         out["theta_c_rad"] = float(theta0) * math.sqrt(var[len(free_defocus)])
         out["log_theta_step"] = float(step[len(free_defocus)])
@@ -133,7 +119,7 @@ def parameter_uncertainty(
 
 @torch.no_grad()
 def debiased_theta_c(model, *, data: torch.Tensor, kind: str, dose: float | None, mask, inflation: float,
-                     steps: int = 4, log_theta_prior: tuple[float, float] | None = None) -> float:
+                     steps: int = 4) -> float:
     """theta_c that best explains the data when the phase's contrast in each frequency band is free.
 
     The regulariser damps the phase's fine detail (its highest bands come out 10-20 % weak), and a fit
@@ -145,8 +131,7 @@ def debiased_theta_c(model, *, data: torch.Tensor, kind: str, dose: float | None
     log_theta = math.log(float(model.theta_c()))
     for _ in range(steps):
         got = parameter_uncertainty(model, data=data, kind=kind, dose=dose, mask=mask, free_defocus=[],
-                                    theta_c=True, inflation=inflation, theta_c_rad=math.exp(log_theta),
-                                    log_theta_prior=log_theta_prior)
+                                    theta_c=True, inflation=inflation, theta_c_rad=math.exp(log_theta))
         d = got["log_theta_step"]
         if not math.isfinite(d):
             break
