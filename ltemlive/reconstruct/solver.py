@@ -494,7 +494,7 @@ class Reconstructor:
         m, cfg, obj = self.model, self.cfg, self.objective
         inflation = getattr(self, "_inflation", 1.0)
         free_df = [i for i in range(m.n) if cfg.free.defocus and bool(m.defocus_free[i])]
-        theta = float(m.theta_c())
+        theta = float(m.theta_c().detach())
         if cfg.free.theta_c and self.theta_c_refined:
             # The fit's theta_c makes up for the regulariser's damping of the phase's fine detail: report the
             # value the data give with the band contrasts free (uncertainty.debiased_theta_c).
