@@ -362,6 +362,20 @@ class Reconstructor:
         self._refit_phase()
         return self._save_state(), self._data_loss()
 
+    def _against_nominal(self, to_nominal: Callable[[dict], None]) -> tuple[float, dict, dict]:
+        """Evidence gain of the refined values over the nominal ones, each after the same re-fit block of the
+        phase from the current state (the phase co-adapted to the refined values: the nominal ones get the same
+        chance); `to_nominal(before)` moves the model from the state `before` to the nominal values. Returns
+        (gain, refined state, nominal state); the inflation is set from the better fit of the two."""
+        before = self._save_state()
+        refined, refined_loss = self._refit_state()
+        self._load_state(before)
+        to_nominal(before)
+        nominal_state, nominal_loss = self._refit_state()
+        obj = self.objective
+        self._inflation = inflation = obj.inflation(min(refined_loss, nominal_loss))
+        return obj.evidence(nominal_loss, inflation) - obj.evidence(refined_loss, inflation), refined, nominal_state
+
     def _refit_phase(self) -> bool:
         """One check block of phase iterations (from the reserve); False when none is left."""
         n = min(self._check_block, self.cfg.max_iter - self.iterations)
@@ -386,32 +400,27 @@ class Reconstructor:
         for p in m.parameters():
             p.requires_grad_(False)
         nominal = self.series.defocus_m
-        self._inflation = obj.inflation(self._data_loss())
 
         # Defocus: the refined values against the nominal ones, the phase rescaled to keep df * phi (the best of a
-        # few phase scales, as in the scale fit); the phase re-fitted for one block in both.
+        # few phase scales, as in the scale fit).
         if self._defocus_moved():
-            before = self._save_state()
-            refined, refined_loss = self._refit_state()
-            self._load_state(before)
             nom = self.tensor(nominal)
             free = nom != 0
             ratio = float((m.defocus()[free] / nom[free]).mean()) if bool(free.any()) else 1.0
-            best = None
-            for u in np.linspace(-0.03, 0.03, 7):
-                m.rebase_defocus(nom)
-                m.set_phase(before["phase"] * ratio * (1 + u))
-                if cfg.defocus_model == "per_image":
-                    m.r.zero_()
-                d = self._data_loss()
-                if best is None or d < best[0]:
-                    best = (d, u)
-            # The phase has co-adapted its detail to the refined defocus; give the nominal one the same chance.
-            m.set_phase(before["phase"] * ratio * (1 + best[1]))
-            nominal_state, nominal_loss = self._refit_state()
-            inflation = obj.inflation(min(refined_loss, nominal_loss))
-            self._inflation = inflation
-            gain = obj.evidence(nominal_loss, inflation) - obj.evidence(refined_loss, inflation)
+
+            def to_nominal(before: dict) -> None:
+                best = None
+                for u in np.linspace(-0.03, 0.03, 7):
+                    m.rebase_defocus(nom)
+                    m.set_phase(before["phase"] * ratio * (1 + u))
+                    if cfg.defocus_model == "per_image":
+                        m.r.zero_()
+                    d = self._data_loss()
+                    if best is None or d < best[0]:
+                        best = (d, u)
+                m.set_phase(before["phase"] * ratio * (1 + best[1]))
+
+            gain, refined, nominal_state = self._against_nominal(to_nominal)
             n_free = 1 if cfg.defocus_model == "scale" else int(free.sum())
             if significant(gain, n_free):
                 self._load_state(refined)
@@ -422,17 +431,10 @@ class Reconstructor:
                     f"defocus: the data do not support moving it from the nominal values (evidence gain {gain:.1f}, "
                     f"needed {EVIDENCE_PER_PARAMETER * n_free:.1f}); nominal kept"
                 )
-        # theta_c against its nominal value, the phase re-fitted for one block at both.
+        # theta_c against its nominal value.
         theta_nom = self.series.microscope.theta_c_rad
         if self._theta_moved():
-            before = self._save_state()
-            refined, refined_loss = self._refit_state()
-            self._load_state(before)
-            m.set_theta_c(theta_nom)
-            nominal_state, nominal_loss = self._refit_state()
-            inflation = obj.inflation(min(refined_loss, nominal_loss))
-            self._inflation = inflation
-            gain = obj.evidence(nominal_loss, inflation) - obj.evidence(refined_loss, inflation)
+            gain, refined, nominal_state = self._against_nominal(lambda _: m.set_theta_c(theta_nom))
             if significant(gain):
                 self._load_state(refined)
                 self.theta_c_refined = True

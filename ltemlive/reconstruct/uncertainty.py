@@ -109,10 +109,10 @@ def parameter_uncertainty(
     var = cov.diagonal().clamp_min(0).cpu().numpy() * (inflation if poisson else 1.0)
     for k, i in enumerate(free_defocus):
         out["defocus_m"][i] = math.sqrt(var[k])
-    resid = (transform(data.clamp_min(0)) - transform(img0)).double().reshape(-1, 1)
-    step = (cov @ ((j * w).T @ resid)).reshape(-1).cpu().numpy()
     if theta_c:
         out["theta_c_rad"] = float(theta0) * math.sqrt(var[len(free_defocus)])
+        resid = (transform(data.clamp_min(0)) - transform(img0)).double().reshape(-1, 1)
+        step = cov @ ((j * w).T @ resid)
         out["log_theta_step"] = float(step[len(free_defocus)])
     return out
 
