@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_eval import blur_bound, fft_bound
 from bench.common import best_time, machine
 from ltemlive.metrics import phase_accuracy, phase_rmse
 from ltemlive.reconstruct import ReconstructionConfig, Reconstructor
@@ -36,19 +37,23 @@ CASES = {
 
 
 def fft_cost_per_iteration(rec: Reconstructor, device: str) -> float:
-    """FFTs one phase iteration needs (forward and backward): the exit wave and N images each way, plus the
-    preconditioner's pair each way, on the padded grid."""
+    """The transforms one phase evaluation performs (forward and backward), no more: the exit wave's fft2 and N
+    image ifft2 each way (one image per call on the CPU, all N on a GPU, as fused.py does), the source blur's rfft2 +
+    irfft2 per image each way when the model blurs (coherence "blur", the default), and the preconditioner's real
+    pair each way (model.phase). bench_eval.py times the data term against the same bound without the
+    preconditioner."""
     n = rec.model.n
-    hp, wp = rec.im.padded_shape
-    one = torch.randn(hp, wp, dtype=torch.complex64, device=device)
-    batch = torch.randn(n, hp, wp, dtype=torch.complex64, device=device)
+    shape = rec.im.padded_shape
+    chunk = 1 if device == "cpu" else n
+    data_part = (blur_bound if rec.im.coherence == "blur" else fft_bound)(shape, n, chunk, device)
+    real = torch.randn(shape, device=device)
+    half = torch.fft.rfft2(real)
 
     def ffts():
-        for _ in range(2):  # forward pass and its adjoint in the backward pass
-            torch.fft.fft2(one)
-            torch.fft.ifft2(batch)
-            torch.fft.fft2(one)
-            torch.fft.ifft2(one)
+        data_part()
+        for _ in range(2):  # the preconditioner's pair, forward and in the backward
+            torch.fft.rfft2(real)
+            torch.fft.irfft2(half, s=shape)
 
     return best_time(ffts, sync=device == "cuda")
 
@@ -144,14 +149,15 @@ def iteration_cost(size: int, device: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--cases", default="abc")
+    ap.add_argument("--cases", default="abc", help="cases to run; '' for the iteration cost alone")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--max-iter", type=int, default=400)
     args = ap.parse_args()
     print(f"machine: {machine()}")
     for c in args.cases:
         run_case(c, args.size, args.device, args.max_iter)
-    iteration_cost(1024, args.device)
+    for size in (512, 1024):
+        iteration_cost(size, args.device)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ MAX_ITER = 300
 NOT_YET = {
     ("dome_island", "rmse"): "AD 0.254 vs TIE 0.212 rad: theta_c runs to its bound (0.135x) with the phase's errors",
     ("magnetic_needle", "rmse"): "AD 5.3 vs TIE 2.1 rad: the stray-field ramp (25 rad across the frame) is lost",
-    ("bloch_skyrmions", "defocus"): "+0.67 % from an exact nominal",
+    ("bloch_skyrmions", "defocus"): "the scale fits point +0.6 to +0.9 % from an exact nominal; the final check "
+    "keeps the nominal or not depending on the run's rounding (session 8: nominal kept, evidence -50 vs +0.88 %)",
     ("weak_phase_absorbing", "defocus"): "-0.9 to +0.2 % from an exact nominal (varies with the run; -0.3 % at seed 0)",
 }
 
 
 # A result that varies across machines within the goal's margin: not strict (it may pass).
-UNSTABLE = {("weak_phase_absorbing", "defocus")}
+UNSTABLE = {("weak_phase_absorbing", "defocus"), ("bloch_skyrmions", "defocus")}
 
 
 def _mark(name: str, goal: str):
