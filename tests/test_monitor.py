@@ -298,6 +298,21 @@ def test_sigterm_leaves_cleanly_and_a_silent_publisher_is_shown_then_cleared(fak
     assert "Traceback" not in err, err
 
 
+def test_sigint_stops_a_monitor_started_with_sigint_ignored(fake_session):
+    """A background job (`cmd &`, nohup, a test suite run as one) hands its children SIGINT ignored, and Python
+    keeps it ignored: the monitor must still leave on SIGINT, as the roles do."""
+    proc = subprocess.Popen([*MONITOR, fake_session.address], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    out = Lines(proc)
+    try:
+        out.wait_for(r"state acquiring", 15)
+    finally:
+        code, err = stop_monitor(proc, signal.SIGINT)
+    assert code == 0, err
+    assert out.text().splitlines()[-1].endswith("monitor stopped")
+
+
 def test_terminal_view_on_a_pty_and_ctrl_c_restores_the_terminal(fake_session):
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": "120", "LINES": "60", "TERM": "xterm-256color"}
@@ -473,8 +488,10 @@ def test_frozen_monitor_neither_slows_acquisition_nor_bloats_the_publisher(tmp_p
         assert caught_up is not None, figures + "\n" + out.text()[-3000:]
         assert proc.poll() is None, figures
     finally:
-        code, err = stop_monitor(proc)
-        s.close()
+        try:
+            code, err = stop_monitor(proc)
+        finally:
+            s.close()  # also when the monitor would not stop: a session left running loads every later test
     assert code == 0 and "Traceback" not in err, err
 
 

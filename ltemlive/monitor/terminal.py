@@ -373,10 +373,13 @@ def run_monitor(args, console: Console) -> int:
         console.print(text, soft_wrap=True, markup=False, highlight=False, emoji=False)
         console.file.flush()
 
-    # SIGTERM leaves like Ctrl-C (systemd, `kill`, a test's terminate()); only the main thread may set handlers.
-    old_term = None
+    # SIGTERM leaves like Ctrl-C (systemd, `kill`, a test's terminate()). SIGINT is set too: a process started from a
+    # background job (`cmd &`, nohup) inherits SIGINT ignored, and Python then leaves it ignored, so `kill -INT`
+    # (and a test's Ctrl-C) did nothing (seen when the test suite itself ran as a background job: the monitor outlived
+    # SIGINT by 10 s and was killed). The roles set both the same way. Only the main thread may set handlers.
+    old_handlers: dict = {}
     if threading.current_thread() is threading.main_thread():
-        old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        old_handlers = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     watch: _Watch | None = None
     try:
         t0 = time.time()
@@ -407,8 +410,8 @@ def run_monitor(args, console: Console) -> int:
     finally:
         if watch is not None:
             watch.sub.close()
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
     if plain:
         write(f"{_stamp()} monitor stopped")
     return 0
