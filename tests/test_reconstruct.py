@@ -3,6 +3,8 @@ streaming equal to batch, uncertainties reported, bad input refused."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -252,3 +254,22 @@ def test_single_defocus_is_refused(clean_series):
     )
     with pytest.raises(ValueError, match="at least two images"):
         Reconstructor(one)
+
+
+def test_profile_sigma_from_two_points_of_a_quadratic_profile():
+    from ltemlive.reconstruct.calibration import profile_sigma
+
+    # A quadratic profile with sigma 0.02 and its minimum at the refined value, 0.05 from the nominal one.
+    sigma, step = 0.02, 0.05
+    gain = step**2 / (2 * sigma**2)
+    assert profile_sigma(step, gain) == pytest.approx(sigma)
+    assert profile_sigma(-step, gain) == pytest.approx(sigma)
+    assert profile_sigma(step, 0.0) == math.inf and profile_sigma(step, -3.0) == math.inf
+
+
+def test_reported_scale_sigma_is_at_least_the_final_checks_profile(clean_result):
+    """The defocus sigma covers the scale fit's and the two-point profile's (the phase re-fitted) sigma."""
+    prof = clean_result.extras["defocus_profile_sigma"]
+    assert np.isfinite(prof) and prof > 0
+    rel = clean_result.defocus_sigma_m / np.abs(clean_result.defocus_m)
+    assert np.all(rel >= prof * (1 - 1e-6))

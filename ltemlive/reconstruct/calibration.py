@@ -99,6 +99,17 @@ def significant(gain: float, n_parameters: int = 1) -> bool:
     return gain > EVIDENCE_PER_PARAMETER * n_parameters
 
 
+def profile_sigma(step: float, gain: float) -> float:
+    """One-sigma of a parameter from two points of its profile likelihood: the refined value, `step` from the
+    nominal one, wins by `gain` (inflated NLL units) after the same re-fit of the phase. For a quadratic profile
+    with its minimum at the refined value, gain = step^2 / (2 sigma^2). The rigid scale fit's sigma holds the
+    phase's shape fixed; this one lets the phase follow, so it is the wider, marginal one where the two differ.
+    inf for a gain <= 0 (the data do not prefer the refined value at all)."""
+    if not (gain > 0 and math.isfinite(gain) and math.isfinite(step)):
+        return math.inf
+    return abs(step) / math.sqrt(2.0 * gain)
+
+
 def calibrated_defocus(previous_nominal_m, previous_refined_m, nominal: np.ndarray) -> np.ndarray:
     """Carry a refined defocus calibration over to new nominal values: fit refined = a * nominal + b on the
     previous result (or a pure scale if its nominal values cannot separate the two) and apply it."""

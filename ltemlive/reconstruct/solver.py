@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from ltemlive.optics.forward import ImageModel
 from ltemlive.reconstruct import prepare
-from ltemlive.reconstruct.calibration import EVIDENCE_PER_PARAMETER, fit_global_scale, significant
+from ltemlive.reconstruct.calibration import EVIDENCE_PER_PARAMETER, fit_global_scale, profile_sigma, significant
 from ltemlive.reconstruct.config import ReconstructionConfig
 from ltemlive.reconstruct.lbfgs import GroupOptimiser
 from ltemlive.reconstruct.objective import Objective
@@ -110,6 +110,7 @@ class Reconstructor:
         self.iterations = 0
         self.stopped_because = "not run"
         self.scale_sigma = math.inf
+        self.defocus_profile_sigma = math.nan
         self.defocus_refined = False
         self.theta_c_refined = False
         self._start_state: dict | None = None
@@ -425,6 +426,11 @@ class Reconstructor:
             if significant(gain, n_free):
                 self._load_state(refined)
                 self.defocus_refined = True
+                # The common scale's sigma: the wider of the scale fit's (the phase's shape held) and the profile's
+                # through the refined and the nominal value (the phase re-fitted at both).
+                self.defocus_profile_sigma = profile_sigma(ratio - 1.0, gain)
+                if cfg.defocus_model == "scale":
+                    self.scale_sigma = max(self.scale_sigma, self.defocus_profile_sigma)
             else:
                 self._load_state(nominal_state)
                 self.warnings.append(
@@ -578,6 +584,8 @@ class Reconstructor:
                     "inflation": inflation,
                     "theta_c_fit_rad": float(m.theta_c()),  # the fit's own, before debiased_theta_c
                     "start_data_loss": getattr(self, "_start_loss", math.nan),
+                    # relative sigma of the common scale from the final check's two-point profile (NaN: not made)
+                    "defocus_profile_sigma": self.defocus_profile_sigma,
                 },
             )
 
