@@ -113,9 +113,9 @@ class Lines:
             return "\n".join(text for _, text in self.lines)
 
 
-def start_monitor(address: str, *extra: str) -> tuple[subprocess.Popen, Lines]:
+def start_monitor(address: str, *extra: str, **popen) -> tuple[subprocess.Popen, Lines]:
     proc = subprocess.Popen([*MONITOR, address, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, bufsize=1)
+                            text=True, bufsize=1, **popen)
     return proc, Lines(proc)
 
 
@@ -301,10 +301,7 @@ def test_sigterm_leaves_cleanly_and_a_silent_publisher_is_shown_then_cleared(fak
 def test_sigint_stops_a_monitor_started_with_sigint_ignored(fake_session):
     """A background job (`cmd &`, nohup, a test suite run as one) hands its children SIGINT ignored, and Python
     keeps it ignored: the monitor must still leave on SIGINT, as the roles do."""
-    proc = subprocess.Popen([*MONITOR, fake_session.address], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, bufsize=1,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    out = Lines(proc)
+    proc, out = start_monitor(fake_session.address, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         out.wait_for(r"state acquiring", 15)
     finally:
