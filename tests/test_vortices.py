@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from ltemlive.reconstruct.vortices import branch_cut_count, remove_vortices, residue_count
@@ -75,3 +76,45 @@ def test_float32_and_mean_kept():
     assert out.dtype == torch.float32
     assert abs(float(out.mean() - p.mean())) < 1e-5
     assert np.isfinite(out.numpy()).all()
+
+
+def test_cores_outside_the_region_are_left_alone():
+    """A phase that does not come back to its value across the periodic border of a padded grid (a needle's
+    stray field: 45 rad from one side to the other, varying along the border) puts residues on the border. They
+    are in the unobserved margin: with the field of view as the region the phase is returned unchanged."""
+    from ltemlive.reconstruct.vortices import plaquettes_inside
+
+    y, x = torch.meshgrid(torch.arange(N, dtype=torch.float64), torch.arange(N, dtype=torch.float64), indexing="ij")
+    p = 45 * torch.sigmoid((x - 64) / 6) * (0.6 + 0.4 * torch.sin(math.pi * y / N)) + smooth_phase()
+    assert residue_count(p) > 0
+    region = plaquettes_inside((N, N), 16, 16, (N - 32, N - 32))
+    assert residue_count(p, region) == 0
+    torch.testing.assert_close(remove_vortices(p, region), p, atol=0, rtol=0)
+    # A vortex pair inside the region is still removed; the border's wrap stays.
+    pair = torch.atan2(y - 64.3, x - 40.2) - torch.atan2(y - 64.3, x - 52.7)
+    fixed = remove_vortices(p + pair, region)
+    assert residue_count(fixed, region) == 0
+    e = (fixed - p)[16:-16, 16:-16]
+    assert float((e - e.mean()).abs().max()) < 0.5
+
+
+def test_margin_bridges_opposite_edges_that_differ():
+    """model.periodic_margin: a phase whose left and right edges differ by 45 rad (a needle's stray field) gets a
+    margin that carries the difference across the periodic border smoothly, so the padded wave has no vortex cores
+    at all (mirror padding jumps there and puts cores in the margin); a phase whose edges agree is mirror-padded."""
+    from ltemlive.optics.forward import ImageModel
+    from ltemlive.optics.params import MicroscopeParams
+    from ltemlive.reconstruct.model import periodic_margin
+
+    im = ImageModel((96, 96), 3e-9, MicroscopeParams(), padding="extend", pad_px=20, dtype=torch.float64)
+    y, x = torch.meshgrid(torch.arange(96, dtype=torch.float64), torch.arange(96, dtype=torch.float64), indexing="ij")
+    needle = 45 * torch.sigmoid((x - 48) / 6) * (0.6 + 0.4 * torch.sin(math.pi * y / 96))
+    out = periodic_margin(needle, im)
+    torch.testing.assert_close(im.crop(out), needle, atol=0, rtol=0)
+    assert residue_count(im.pad(needle)) > 0  # mirror padding: the border's wrap has cores
+    assert residue_count(out) == 0 and branch_cut_count(out) == 0
+    # Value and slope continue across the field's edge: the first margin column extends the edge's slope.
+    edge = out[im.top + 10, im.left + 95 - 2 : im.left + 95 + 2]
+    assert float((edge[3] - edge[2]) - (edge[2] - edge[1])) == pytest.approx(0.0, abs=0.05)
+    bump = smooth_phase()[:96, :96]
+    torch.testing.assert_close(periodic_margin(bump, im), im.pad(bump), atol=0, rtol=0)

@@ -37,12 +37,13 @@ from ltemlive.reconstruct import prepare
 from ltemlive.reconstruct.calibration import EVIDENCE_PER_PARAMETER, fit_global_scale, profile_sigma, significant
 from ltemlive.reconstruct.config import ReconstructionConfig
 from ltemlive.reconstruct.lbfgs import GroupOptimiser
+from ltemlive.reconstruct.model import EDGE_STEP_RAD, edge_step
 from ltemlive.reconstruct.objective import Objective
 from ltemlive.reconstruct.result import ReconstructionResult, Snapshot
 from ltemlive.reconstruct.start import StartBuilder, register_to_model
 from ltemlive.reconstruct.stopping import StoppingRule
 from ltemlive.reconstruct.uncertainty import debiased_theta_c, parameter_uncertainty, phase_sigma_map
-from ltemlive.reconstruct.vortices import remove_vortices, residue_count
+from ltemlive.reconstruct.vortices import plaquettes_inside, remove_vortices, residue_count
 from ltemlive.series import Series
 
 __all__ = ["ReconstructionResult", "Reconstructor", "Snapshot", "reconstruct"]
@@ -341,10 +342,16 @@ class Reconstructor:
     @torch.no_grad()
     def _remove_vortices(self) -> bool:
         phase = self.model.phase()
-        cores = residue_count(phase)
+        im = self.model.im
+        region = None
+        if im.padding == "extend" and edge_step(self.model.phase_fov()) > EDGE_STEP_RAD:
+            # A phase whose opposite edges differ wraps at the grid's periodic border, in the margin, where the
+            # wrap's cores are not vortices (model.periodic_margin): only the field of view's plaquettes count.
+            region = plaquettes_inside(tuple(phase.shape), im.top, im.left, im.shape)
+        cores = residue_count(phase, region)
         if cores == 0:
             return False
-        self.model.set_phase(remove_vortices(phase))
+        self.model.set_phase(remove_vortices(phase, region))
         self.vortex_removals.append({"iteration": self.iterations, "residues": cores})
         return True
 

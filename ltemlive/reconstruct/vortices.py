@@ -21,6 +21,13 @@ quarter of its size. So: residues (2 x 2 plaquettes around which the wrapped dif
 mark the cores; the 2 pi jumps K = D - wrap(D) are grouped into connected cuts; only the cuts that touch a
 core are integrated (least squares) and subtracted. A cut-free phase, or one whose cuts carry no vortex, is
 returned unchanged.
+
+Only cores where the camera sees the wave count (`region`, issue 9). The padded grid of a fitted margin is
+periodic while the phase is not: where the phase does not come back to its value across the grid's border,
+the wave wraps there with a 2 pi jump whose multiple changes along the border, and each change is a residue.
+Those cores sit in the unobserved margin and cost the data nothing; integrating their cut (the whole border)
+subtracted a long-range field from the field of view and took the magnetic needle of the independent suite
+from 1.9 to 5.0 rad RMSE in one removal (its data misfit rose, too).
 """
 
 from __future__ import annotations
@@ -44,6 +51,15 @@ def branch_cut_count(phase: torch.Tensor) -> int:
     return int((dy.abs() > math.pi).sum() + (dx.abs() > math.pi).sum())
 
 
+def plaquettes_inside(grid: tuple[int, int], top: int, left: int, shape: tuple[int, int]) -> torch.Tensor:
+    """The plaquettes (by their top-left pixel) whose four pixels lie in the field of view of `shape` placed at
+    (top, left) on `grid`: none that wraps around the grid's periodic border, none in a margin."""
+    inside = torch.zeros(grid, dtype=torch.bool)
+    h, w = shape
+    inside[top : top + h - 1, left : left + w - 1] = True
+    return inside
+
+
 def residues(phase: torch.Tensor) -> torch.Tensor:
     """Winding number (integer) of each 2 x 2 plaquette (periodic), at its top-left pixel."""
     dy, dx = _differences(phase)
@@ -53,8 +69,12 @@ def residues(phase: torch.Tensor) -> torch.Tensor:
     return torch.round(circ / (2 * math.pi)).to(torch.int64)
 
 
-def residue_count(phase: torch.Tensor) -> int:
-    return int((residues(phase) != 0).sum())
+def residue_count(phase: torch.Tensor, region: torch.Tensor | None = None) -> int:
+    """Plaquettes with a vortex core; only those in `region` (a bool map of plaquettes) when given."""
+    res = residues(phase) != 0
+    if region is not None:
+        res = res & region.to(res.device)
+    return int(res.sum())
 
 
 def _least_squares(ey: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
@@ -69,13 +89,16 @@ def _least_squares(ey: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(spec).real
 
 
-def remove_vortices(phase: torch.Tensor) -> torch.Tensor:
+def remove_vortices(phase: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
     """Subtract the real-valued part of every vortex pair: the least-squares integral of the 2 pi jumps along
-    the cuts that end on a residue. Jumps that carry no vortex are kept."""
+    the cuts that end on a residue (in `region`, a bool map of plaquettes, when given). Jumps that carry no
+    vortex are kept."""
     import numpy as np
     from scipy import ndimage
 
     res = residues(phase)
+    if region is not None:
+        res = torch.where(region.to(res.device), res, 0)
     if not bool((res != 0).any()):
         return phase
     dy, dx = _differences(phase)
