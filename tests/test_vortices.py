@@ -118,3 +118,23 @@ def test_margin_bridges_opposite_edges_that_differ():
     assert float((edge[3] - edge[2]) - (edge[2] - edge[1])) == pytest.approx(0.0, abs=0.05)
     bump = smooth_phase()[:96, :96]
     torch.testing.assert_close(periodic_margin(bump, im), im.pad(bump), atol=0, rtol=0)
+
+
+def test_prior_leaves_a_bridging_margin_alone():
+    """SeriesModel.regularised_phase: with a margin that bridges opposite edges the curvature prior sees the field of
+    view only (its bridge would pull the edges together and flatten a net step the images cannot see); otherwise
+    the whole grid."""
+    from ltemlive.optics.forward import ImageModel
+    from ltemlive.optics.params import MicroscopeParams
+    from ltemlive.reconstruct.model import SeriesModel
+
+    im = ImageModel((96, 96), 3e-9, MicroscopeParams(), padding="extend", pad_px=20, dtype=torch.float64)
+    y, x = torch.meshgrid(torch.arange(96, dtype=torch.float64), torch.arange(96, dtype=torch.float64), indexing="ij")
+    needle = 45 * torch.sigmoid((x - 48) / 6) * (0.6 + 0.4 * torch.sin(math.pi * y / 96))
+    for phase, bridged in ((needle, True), (smooth_phase()[:96, :96], False)):
+        m = SeriesModel(im, [-1e-5, 1e-5], phase0=phase, amplitude0=torch.ones(96, 96, dtype=torch.float64),
+                        theta_c0=1e-5)
+        assert m.bridged is bridged
+        want = im.shape if bridged else im.padded_shape
+        assert tuple(m.regularised_phase().shape) == want
+        torch.testing.assert_close(m.phase_fov(), phase, atol=1e-9, rtol=0)

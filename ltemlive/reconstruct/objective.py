@@ -87,7 +87,7 @@ class Objective:
 
     def __call__(self, model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         d = self.model_data_loss(model)
-        r = self.reg_loss(model.phase())
+        r = self.reg_loss(model.regularised_phase())
         return d + self.reg_weight * r, d, r
 
     # -- continuation ---------------------------------------------------------------------------------
