@@ -37,7 +37,6 @@ from ltemlive.reconstruct import prepare
 from ltemlive.reconstruct.calibration import EVIDENCE_PER_PARAMETER, fit_global_scale, profile_sigma, significant
 from ltemlive.reconstruct.config import ReconstructionConfig
 from ltemlive.reconstruct.lbfgs import GroupOptimiser
-from ltemlive.reconstruct.model import EDGE_STEP_RAD, edge_step
 from ltemlive.reconstruct.objective import Objective
 from ltemlive.reconstruct.result import ReconstructionResult, Snapshot
 from ltemlive.reconstruct.start import StartBuilder, register_to_model
@@ -344,9 +343,9 @@ class Reconstructor:
         phase = self.model.phase()
         im = self.model.im
         region = None
-        if im.padding == "extend" and edge_step(self.model.phase_fov()) > EDGE_STEP_RAD:
-            # A phase whose opposite edges differ wraps at the grid's periodic border, in the margin, where the
-            # wrap's cores are not vortices (model.periodic_margin): only the field of view's plaquettes count.
+        if self.model.bridged:
+            # A margin that bridges opposite edges (model.periodic_margin): where the phase still wraps at the grid's
+            # periodic border, in the margin, the wrap's cores are not vortices; only the field of view's count.
             region = plaquettes_inside(tuple(phase.shape), im.top, im.left, im.shape)
         cores = residue_count(phase, region)
         if cores == 0:
