@@ -98,17 +98,23 @@ def test_cores_outside_the_region_are_left_alone():
     assert float((e - e.mean()).abs().max()) < 0.5
 
 
+def _needle_on_extended_grid():
+    """A 96^2 field with a fitted 20 px margin, and a phase whose left and right edges differ by 27-45 rad."""
+    from ltemlive.optics.forward import ImageModel
+    from ltemlive.optics.params import MicroscopeParams
+
+    im = ImageModel((96, 96), 3e-9, MicroscopeParams(), padding="extend", pad_px=20, dtype=torch.float64)
+    y, x = torch.meshgrid(torch.arange(96, dtype=torch.float64), torch.arange(96, dtype=torch.float64), indexing="ij")
+    return im, 45 * torch.sigmoid((x - 48) / 6) * (0.6 + 0.4 * torch.sin(math.pi * y / 96))
+
+
 def test_margin_bridges_opposite_edges_that_differ():
     """model.periodic_margin: a phase whose left and right edges differ by 45 rad (a needle's stray field) gets a
     margin that carries the difference across the periodic border smoothly, so the padded wave has no vortex cores
     at all (mirror padding jumps there and puts cores in the margin); a phase whose edges agree is mirror-padded."""
-    from ltemlive.optics.forward import ImageModel
-    from ltemlive.optics.params import MicroscopeParams
     from ltemlive.reconstruct.model import periodic_margin
 
-    im = ImageModel((96, 96), 3e-9, MicroscopeParams(), padding="extend", pad_px=20, dtype=torch.float64)
-    y, x = torch.meshgrid(torch.arange(96, dtype=torch.float64), torch.arange(96, dtype=torch.float64), indexing="ij")
-    needle = 45 * torch.sigmoid((x - 48) / 6) * (0.6 + 0.4 * torch.sin(math.pi * y / 96))
+    im, needle = _needle_on_extended_grid()
     out = periodic_margin(needle, im)
     torch.testing.assert_close(im.crop(out), needle, atol=0, rtol=0)
     assert residue_count(im.pad(needle)) > 0  # mirror padding: the border's wrap has cores
@@ -124,13 +130,9 @@ def test_prior_leaves_a_bridging_margin_alone():
     """SeriesModel.regularised_phase: with a margin that bridges opposite edges the curvature prior sees the field of
     view only (its bridge would pull the edges together and flatten a net step the images cannot see); otherwise
     the whole grid."""
-    from ltemlive.optics.forward import ImageModel
-    from ltemlive.optics.params import MicroscopeParams
     from ltemlive.reconstruct.model import SeriesModel
 
-    im = ImageModel((96, 96), 3e-9, MicroscopeParams(), padding="extend", pad_px=20, dtype=torch.float64)
-    y, x = torch.meshgrid(torch.arange(96, dtype=torch.float64), torch.arange(96, dtype=torch.float64), indexing="ij")
-    needle = 45 * torch.sigmoid((x - 48) / 6) * (0.6 + 0.4 * torch.sin(math.pi * y / 96))
+    im, needle = _needle_on_extended_grid()
     for phase, bridged in ((needle, True), (smooth_phase()[:96, :96], False)):
         m = SeriesModel(im, [-1e-5, 1e-5], phase0=phase, amplitude0=torch.ones(96, 96, dtype=torch.float64),
                         theta_c0=1e-5)

@@ -71,11 +71,12 @@ class SeriesModel(torch.nn.Module):
         self.theta_c0 = float(max(theta_c0, 1e-9))
         # The unknown maps live on the whole padded grid under `extend` (the margin is fitted too).
         grid_shape = im.padded_shape if im.padding == "extend" else im.shape
-        if phase0.shape == im.shape and grid_shape != im.shape:
-            phase0, amplitude0 = periodic_margin(phase0.to(dev, dt), im), im.pad(amplitude0.to(dev, dt))
         # A margin that bridges opposite edges (periodic_margin) holds what the start says of the part of the phase
-        # the images barely see (a stray field's net step): the prior leaves it alone (regularised_phase).
-        self.bridged = grid_shape != im.shape and edge_step(im.crop(phase0)) > EDGE_STEP_RAD
+        # the images barely see (a stray field's net step): the prior leaves it alone (regularised_phase), vortex
+        # removal counts only the field of view's cores, and every later phase is padded the same way (set_phase).
+        self.bridged = bridges(phase0 if phase0.shape == im.shape else im.crop(phase0), im)
+        if phase0.shape == im.shape and grid_shape != im.shape:
+            phase0, amplitude0 = self._pad_phase(phase0.to(dev, dt)), im.pad(amplitude0.to(dev, dt))
         self.register_buffer("phase0", phase0.to(dev, dt))
         self.register_buffer("amplitude0", amplitude0.to(dev, dt))
         self.register_buffer("precond", _preconditioner(grid_shape, preconditioner_q0, dev, dt))
@@ -234,11 +235,15 @@ class SeriesModel(torch.nn.Module):
         self.defocus_unit.copy_(torch.clamp(base.abs() * DEFOCUS_REL_UNIT, min=DEFOCUS_MIN_UNIT_M))
         self.r.zero_()
 
+    def _pad_phase(self, fov: torch.Tensor) -> torch.Tensor:
+        """A field-of-view phase on the model's grid: bridged or mirror-padded, as the start was."""
+        return bridged_margin(fov, self.im) if self.bridged else self.im.pad(fov)
+
     @torch.no_grad()
     def set_phase(self, phase: torch.Tensor) -> None:
         """Restart the phase from `phase` (on the model's grid, or on the field of view: then padded)."""
         if phase.shape != self.phase0.shape:
-            phase = periodic_margin(phase, self.im)
+            phase = self._pad_phase(phase)
         self.phase0.copy_(phase)
         self.c.zero_()
         self.ramp.zero_()
@@ -273,8 +278,17 @@ def periodic_margin(fov: torch.Tensor, im) -> torch.Tensor:
     curvature, which the images see as TIE contrast) that a linear margin puts there. Where opposite edges agree
     (films, isolated objects without net flux), mirror padding with the removal of the border's cores
     converged better (vortex array, stripes, resolution pattern: measured, session 9)."""
-    if im.padding != "extend" or im.padded_shape == im.shape or edge_step(fov) <= EDGE_STEP_RAD:
-        return im.pad(fov)
+    return bridged_margin(fov, im) if bridges(fov, im) else im.pad(fov)
+
+
+def bridges(fov: torch.Tensor, im) -> bool:
+    """Whether periodic_margin bridges this field-of-view phase: a fitted margin (`extend`) and opposite edges that
+    differ by more than EDGE_STEP_RAD."""
+    return im.padding == "extend" and im.padded_shape != im.shape and edge_step(fov) > EDGE_STEP_RAD
+
+
+def bridged_margin(fov: torch.Tensor, im) -> torch.Tensor:
+    """The cubic margin of periodic_margin, whatever the edges."""
     (hp, wp), (h, w), top, left = im.padded_shape, im.shape, im.top, im.left
     out = fov.new_zeros((hp, wp))
     out[top : top + h, left : left + w] = fov
