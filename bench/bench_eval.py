@@ -128,7 +128,7 @@ def run(size: int, device: str, max_defocus_m: float, rounds: int) -> None:
             x, amplitude, transfer, scales, data, top=im.top, left=im.left, kind="poisson", dose=DOSE
         )
 
-    report(im, n, chunk, device, rounds, sync, x, old, fused, prepared, transfer, amplitude, scales, None)
+    report(im, n, chunk, device, rounds, sync, x, old, fused, prepared, (transfer, amplitude, scales, None, data))
 
     # With the source blur (coherence "blur"): a realistic theta_c for the filter's shape; the cost is the same.
     blur_im = ImageModel(
@@ -148,10 +148,12 @@ def run(size: int, device: str, max_defocus_m: float, rounds: int) -> None:
             x, amplitude, transfer, scales, data, top=im.top, left=im.left, kind="poisson", dose=DOSE, blur=blur
         )
 
-    report(im, n, chunk, device, rounds, sync, x, old_blur, fused_blur, prepared, transfer, amplitude, scales, blur)
+    inputs = (transfer, amplitude, scales, blur, data)
+    report(im, n, chunk, device, rounds, sync, x, old_blur, fused_blur, prepared, inputs)
 
 
-def report(im, n, chunk, device, rounds, sync, x, old, fused, prepared, transfer, amplitude, scales, blur) -> None:
+def report(im, n, chunk, device, rounds, sync, x, old, fused, prepared, inputs) -> None:
+    transfer, amplitude, scales, blur, data = inputs
     def evaluation(loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
         def ev() -> None:
             x.grad = None
@@ -161,6 +163,13 @@ def report(im, n, chunk, device, rounds, sync, x, old, fused, prepared, transfer
 
     with torch.no_grad():
         a, b = float(old()), float(fused())
+        # The float32 values against float64 from the same inputs: how finely a line search can compare steps.
+        ref = float(
+            FusedDataLoss(data.double(), top=im.top, left=im.left, kind="poisson", dose=DOSE)(
+                x.double(), amplitude.double(), transfer.to(torch.complex128), scales.double(),
+                blur=None if blur is None else blur.double(),
+            )
+        )
     t = interleaved_best(
         {
             "bound": (fft_bound if blur is None else blur_bound)(im.padded_shape, n, chunk, device),
@@ -187,7 +196,10 @@ def report(im, n, chunk, device, rounds, sync, x, old, fused, prepared, transfer
             f"({t[name] / t['batched']:4.2f}x batched)"
             + (f", {t['old'] / t[name]:.2f}x faster" if name != "old" else "")
         )
-    print(f"    loss: old {a:.6g}, fused {b:.6g} (relative difference {abs(a - b) / abs(a):.1e})")
+    print(
+        f"    loss: old {a:.6g}, fused {b:.6g} (relative difference {abs(a - b) / abs(a):.1e}); relative error "
+        f"against float64: old {abs(a / ref - 1):.1e}, fused {abs(b / ref - 1):.1e}"
+    )
 
 
 def main() -> None:
