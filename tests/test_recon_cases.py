@@ -19,6 +19,10 @@ from simulator.cases import CASES, config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 MAX_ITER = 300
+# The weak film at a 300 cap converges after 252 iterations: the case's setup took 32-36 s on one thread, over the
+# suite's 30 s a test. At a 150 cap (the schedule's scale fits come earlier) it stops after 126 iterations, 17 s for
+# the fit, RMSE 0.298 (0.301 at 300; TIE 0.344).
+CAPS = {"weak_phase_absorbing": 150}
 
 # Measured on 2 cores, seed 0 (AD / TIE RMSE in rad; defocus error of an exact nominal).
 NOT_YET = {
@@ -47,7 +51,7 @@ def _mark(name: str, goal: str):
 def case_result(request, single_thread):
     name = request.param
     series = simulate(config(name, size="test", seed=0))
-    result = reconstruct(series, ReconstructionConfig(max_iter=MAX_ITER))
+    result = reconstruct(series, ReconstructionConfig(max_iter=CAPS.get(name, MAX_ITER)))
     tie = tie_reconstruct(series.images, series.defocus_m, series.pixel_size_m, series.microscope.voltage_v)
     return name, series, result, tie.phase.cpu().numpy()
 
@@ -82,7 +86,7 @@ def test_exact_nominal_defocus_stays(case_result, request):
 
 
 def test_run_reports_why_it_stopped(case_result):
-    _, _, result, _ = case_result
+    name, _, result, _ = case_result
     assert result.stopped_because.startswith(("converged", "iteration cap"))
-    assert result.iterations <= MAX_ITER
+    assert result.iterations <= CAPS.get(name, MAX_ITER)
     assert result.phase_sigma is not None and np.all(np.isfinite(result.phase_sigma))
