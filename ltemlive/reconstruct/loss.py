@@ -5,11 +5,11 @@ All terms are means per pixel, so weights do not depend on the image size.
 Data misfit (data normalised so that an unscattered beam is 1):
 - Poisson: (mu - y log mu) - (y - y log y) per pixel, divided by the dose (half the Poisson deviance per
   electron of dose); at the truth it averages about 1 / (2 D). Computed as (mu - y) - y log(mu / y): the
-  first form cancels terms of order D log D down to about 1/2 per pixel, which in float32 left the mean
-  wrong by 1e-5 to 3e-5 relative on the suite's 256^2 series at 200-3200 e/px (against float64 from the same
-  images), as large as an L-BFGS step changes it near convergence, so line searches and the stopping rule
-  saw noise. The second form is wrong by about 1e-7 (measured: docs/reconstruction.md, session 10). Its
-  gradient, 1 - y / mu, is the same.
+  defining form cancels terms of order D log D down to about 1/2 per pixel, which in float32 left the mean
+  wrong by 1e-6 to 3e-5 relative on 256^2 series at 200-3200 e/px (against float64 from the same images), as
+  large as an L-BFGS step changes it near convergence, so line searches and the stopping rule saw noise. The
+  computed form is wrong by about 1e-7 (measured: docs/reconstruction.md, session 10). Its gradient,
+  1 - y / mu, is the same.
 - sqrt_gaussian: (sqrt(model) - sqrt(data))^2; variance-stabilised, about 1 / (4 D) at the truth for
   Poisson data of D electrons per pixel. Used when the dose is unknown.
 """
