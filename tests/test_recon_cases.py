@@ -34,12 +34,14 @@ NOT_YET = {
     ("bloch_skyrmions", "defocus"): "the scale fits point +0.6 to +0.9 % from an exact nominal; the final check "
     "keeps the nominal or not depending on the run's rounding (session 8: nominal kept, evidence -50 vs +0.88 %; "
     "session 10: +0.75 % on one thread, +0.90 % on two)",
+    ("dome_island", "defocus"): "+1.14 % from an exact nominal on an Intel Xeon (theta_c 0.45x; the final check "
+    "refines it), 0.00 % on an AMD EPYC (the check kept the nominal): the run sits at the check's decision edge",
     ("weak_phase_absorbing", "defocus"): "-0.9 to +0.2 % from an exact nominal (varies with the run; -0.3 % at seed 0)",
 }
 
 
 # A result that varies across machines within the goal's margin: not strict (it may pass).
-UNSTABLE = {("weak_phase_absorbing", "defocus"), ("bloch_skyrmions", "defocus")}
+UNSTABLE = {("weak_phase_absorbing", "defocus"), ("bloch_skyrmions", "defocus"), ("dome_island", "defocus")}
 
 
 def _mark(name: str, goal: str):

@@ -274,3 +274,19 @@ def test_reported_scale_sigma_is_at_least_the_final_checks_profile(clean_result)
     assert np.isfinite(prof) and prof > 0
     rel = clean_result.defocus_sigma_m / np.abs(clean_result.defocus_m)
     assert np.all(rel >= prof * (1 - 1e-6))
+
+
+def test_a_kept_nominal_is_not_reported_as_a_measurement(clean_series, monkeypatch):
+    """When the final check keeps the nominal defocus, the reported sigma still covers the run's own estimate: the
+    live feedback took "scale 1.000 +- 0.4 %" from such a run as a measurement, for a true 1.10."""
+    from ltemlive.reconstruct import solver
+
+    monkeypatch.setattr(solver, "significant", lambda gain, n=1: False)
+    res = reconstruct(clean_series, ReconstructionConfig(max_iter=150, free={"theta_c": False}))
+    assert not res.defocus_refined
+    np.testing.assert_allclose(res.defocus_m, clean_series.defocus_m, rtol=1e-6)
+    assert any(w.startswith("defocus: the data do not support") for w in res.warnings)
+    moved = 2 * res.extras["defocus_profile_sigma"]  # how far the run's estimate was from the nominal
+    assert moved > 0.02  # the nominal is 6 % off: the run had moved
+    rel = res.defocus_sigma_m / np.abs(res.defocus_m)
+    assert np.all(rel >= moved / 2 * (1 - 1e-6))
