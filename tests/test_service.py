@@ -300,7 +300,10 @@ def test_ltemlive_run_exits_0_and_writes_a_run_file_and_summary(tmp_path):
 
 
 def test_replay_streams_a_recorded_run_through_the_reconstructor_again(tmp_path):
-    s = Session(small(tmp_path, plan={"repeats": 2}), tmp_path, publisher=False)
+    # Recorded without a reconstructor: the replay reconstructs the frames again, and a third process start (torch
+    # and its optimiser imports, ~6 s on a slow 2-core machine) kept this test near 30 s.
+    s = Session(small(tmp_path, plan={"repeats": 2}, controller={"drain_timeout_s": 0}), tmp_path, reconstructor=False,
+                publisher=False)
     try:
         assert s.wait_controller_exit(120) == 0
     finally:

@@ -108,10 +108,13 @@ class Objective:
             return float(self.dose) * self.n_pixels()
         return self.n_pixels() / (2.0 * self.sqrt_var)
 
+    def noise_floor(self) -> float:
+        """The mean per-pixel data loss the noise alone leaves at the truth."""
+        return self.noise_level if self.kind == "poisson" else self.sqrt_var
+
     def inflation(self, data_loss: float) -> float:
         """Model-error inflation >= 1: the misfit over what the noise alone would leave."""
-        floor = self.noise_level if self.kind == "poisson" else self.sqrt_var
-        return max(1.0, float(data_loss) / max(floor, 1e-30))
+        return max(1.0, float(data_loss) / max(self.noise_floor(), 1e-30))
 
     def evidence(self, data_loss: float, inflation: float) -> float:
         """The data loss as an (inflated) negative log-likelihood: differences of it are evidence."""
