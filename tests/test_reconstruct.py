@@ -306,3 +306,23 @@ def test_theta_c_off_its_nominal_is_still_refined():
     res = reconstruct(s, ReconstructionConfig(max_iter=150))
     assert res.theta_c_refined
     assert res.theta_c_rad == pytest.approx(1e-5, rel=0.15)
+
+
+def test_noise_floor_follows_a_camera_that_smooths_its_noise():
+    """The discrepancy rule's floor is the smaller of the dose's Poisson level and the images' own high-pass scatter:
+    a camera whose blur smooths the noise leaves less misfit per pixel than the dose says, and a floor set by the
+    dose alone would hold theta_c at nominal whatever the data say."""
+    import torch
+    from scipy import ndimage
+
+    from ltemlive.reconstruct.objective import Objective
+
+    rng = np.random.default_rng(0)
+    dose = 100.0
+    raw = rng.poisson(dose, size=(3, 96, 96)) / dose
+    cfg = ReconstructionConfig()
+    plain = Objective(torch.as_tensor(raw, dtype=torch.float32), dose, cfg)
+    assert plain.noise_floor() == pytest.approx(1 / (2 * dose))
+    smooth = ndimage.uniform_filter(raw, size=(1, 2, 2), mode="wrap")
+    blurred = Objective(torch.as_tensor(smooth, dtype=torch.float32), dose, cfg)
+    assert blurred.noise_floor() < 0.6 / (2 * dose)

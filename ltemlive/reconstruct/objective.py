@@ -44,6 +44,11 @@ class Objective:
         self.kind = kind
         sqrt_var = 1.0 / (4 * dose) if dose else estimate_sqrt_noise_variance(data)
         self.noise_level = expected_misfit(kind, dose, sqrt_var)
+        # The same from the images' own high-pass scatter (the loss is ~2 (sqrt(mu) - sqrt(y))^2 per pixel for the
+        # Poisson deviance): lower than the dose's when a camera's blur smooths its noise, higher where fine signal
+        # remains in the high-pass. The smaller of the two is the floor the discrepancy rule uses.
+        measured = sqrt_var if not dose else estimate_sqrt_noise_variance(data)
+        self._floor = min(self.noise_level, (2.0 if kind == "poisson" else 1.0) * measured)
         # Variance-stabilised noise variance, the same for either loss; floored because clean data still need
         # some curvature penalty to keep the fit out of the local minima of strong phase gradients.
         self.sqrt_var = max(sqrt_var, 1.0 / (4 * MIN_DOSE))
@@ -109,12 +114,14 @@ class Objective:
         return self.n_pixels() / (2.0 * self.sqrt_var)
 
     def noise_floor(self) -> float:
-        """The mean per-pixel data loss the noise alone leaves at the truth."""
-        return self.noise_level if self.kind == "poisson" else self.sqrt_var
+        """The mean per-pixel data loss the noise alone leaves at the truth (the discrepancy rule's level: a fit
+        below it is fitting noise, so misfit removed below it is no evidence for an instrument parameter)."""
+        return self._floor
 
     def inflation(self, data_loss: float) -> float:
         """Model-error inflation >= 1: the misfit over what the noise alone would leave."""
-        return max(1.0, float(data_loss) / max(self.noise_floor(), 1e-30))
+        floor = self.noise_level if self.kind == "poisson" else self.sqrt_var
+        return max(1.0, float(data_loss) / max(floor, 1e-30))
 
     def evidence(self, data_loss: float, inflation: float) -> float:
         """The data loss as an (inflated) negative log-likelihood: differences of it are evidence."""
