@@ -199,8 +199,11 @@ def test_snapshot_keeps_the_latest_of_each_source(publisher, ctx, closing):
     """Two reconstructor workers on one topic: a late joiner learns of both, not only the last one heard."""
     pub = publisher()
     a, b = sink(pub, ctx, closing, "recon-1"), sink(pub, ctx, closing, "recon-2")
+    # Each event published before the next is sent: two sinks are two connections, with no order between them.
     emit_surely(a, "worker", {"worker": "recon-1", "state": "idle", "interval_s": 1.0})
+    assert wait_for(lambda: pub.stats["published"] == 1)
     emit_surely(b, "worker", {"worker": "recon-2", "state": "reconstructing", "interval_s": 1.0})
+    assert wait_for(lambda: pub.stats["published"] == 2)
     emit_surely(a, "worker", {"worker": "recon-1", "state": "receiving", "interval_s": 1.0})
     assert wait_for(lambda: pub.stats["published"] == 3)
     sub = subscriber(pub, ctx, closing)
