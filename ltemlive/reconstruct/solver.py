@@ -483,7 +483,7 @@ class Reconstructor:
             # Less source blur lets more of the phase's fine detail reach the images, so a lower theta_c also lets the
             # phase fit the noise (a higher one does not: it is checked as before). On the full-size dome the nominal
             # (true) theta_c already left 0.89x the noise's misfit, and theta_c 0.04x "won" by 14254 units at 0.73x
-            # (phase RMSE 0.20 rad; 0.073 with the rule, TIE 0.088). A fit below the noise level is not evidence; only
+            # (phase RMSE 0.20 rad; 0.079 with the rule, TIE 0.088). A fit below the noise level is not evidence; only
             # what it gains above that counts (ADR 0006).
             lowered = float(m.theta_c()) < theta_nom
             gain, refined, nominal_state = self._against_nominal(
