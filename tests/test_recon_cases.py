@@ -27,7 +27,7 @@ CAPS = {"weak_phase_absorbing": 150}
 # Measured on 2 cores, seed 0 (AD / TIE RMSE in rad; defocus error of an exact nominal).
 NOT_YET = {
     ("dome_island", "rmse"): "AD 0.228 vs TIE 0.212 rad (session 11, theta_c held at its true nominal; 0.288 with "
-    "theta_c free to fit the noise, at 0.45x); at full size AD now wins, 0.073 vs 0.088",
+    "theta_c free to fit the noise, at 0.45x); at full size AD now wins, 0.079 vs 0.088",
     ("magnetic_needle", "rmse"): "AD 2.60 vs TIE 2.07 rad at seed 0 (session 11), 2.11 vs 1.49 at seed 1 (5.3-6.1 "
     "before the margin bridged the edges; at full size AD now wins: 0.68 vs 1.47, 0.83 vs 2.48): the images barely "
     "see the stray field's harmonic part",
@@ -101,7 +101,7 @@ def test_theta_c_is_not_lowered_to_fit_the_noise(case_result, request):
     """Every case is simulated with its nominal theta_c. A lower one lets more of the phase's fine detail reach the
     images, so it also lets the phase fit the noise: the full-size dome went to 0.04x with a fit at 0.73x the noise's
     misfit (phase RMSE 0.20 rad; 0.079 with the rule, TIE 0.088). Only misfit above the noise counts as evidence
-    (solver: the discrepancy rule in the optics blocks and in the theta_c check)."""
+    (ADR 0006: the discrepancy rule in the optics blocks and in the theta_c check)."""
     name, series, result, _ = case_result
     for m in _mark(name, "theta_c"):
         request.applymarker(m)

@@ -293,7 +293,7 @@ def test_a_kept_nominal_is_not_reported_as_a_measurement(clean_series, monkeypat
 
 
 def test_theta_c_off_its_nominal_is_still_refined():
-    """The theta_c rule (refined only while the fit leaves more misfit than the noise) must not stop a real
+    """The theta_c rule (not lowered while the fit leaves less misfit than the noise; ADR 0006) must not stop a real
     correction: a nominal theta_c 0.3x the true one is brought to the truth (0.96x measured, 150 iterations)."""
     import dataclasses
 

@@ -227,7 +227,6 @@ class Reconstructor:
         cfg, m = self.cfg, self.model
         self._defocus_on = False
         self._theta_on = False
-        self._above_noise = True
         self._inflation = 1.0
         yield self._record("start")
         self._start_state = self._save_state()
@@ -265,19 +264,19 @@ class Reconstructor:
 
         def optics_block() -> None:
             nonlocal optics_opt
-            with torch.no_grad():
-                loss = self._data_loss()
-            self._inflation = self.objective.inflation(loss)
-            self._above_noise = loss > self.objective.noise_floor()
             params = self.optics_params()
             if not params:
                 return
             if optics_opt is None or optics_opt.params != params:
                 optics_opt = GroupOptimiser(params, all_params, cfg.optics_iter)
                 self._optimisers.append(optics_opt)
+            with torch.no_grad():
+                loss = self._data_loss()
+            self._inflation = self.objective.inflation(loss)
+            below_noise = loss <= self.objective.noise_floor()
             t_before = m.t.detach().clone()
             taken = optics_opt.step(self._total)
-            if not self._above_noise and bool(m.t < t_before):
+            if below_noise and bool(m.t < t_before):
                 # The discrepancy principle (ADR 0006): with the fit below the noise's misfit, theta_c may not fall.
                 # Less blur lets the phase fit the noise, so such a gain is no evidence. More blur takes capacity away
                 # and stays allowed (a camera pixel's blur, unmodelled by the point detector, goes there).
