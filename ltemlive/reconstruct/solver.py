@@ -227,6 +227,7 @@ class Reconstructor:
         cfg, m = self.cfg, self.model
         self._defocus_on = False
         self._theta_on = False
+        self._curvature_adapted = False
         self._inflation = 1.0
         yield self._record("start")
         self._start_state = self._save_state()
@@ -303,6 +304,11 @@ class Reconstructor:
             yield snap
             if budget_left() <= 0:
                 break
+            if self.objective.relaxed and phase_opt is not None and not self._curvature_adapted:
+                # Once, after a block at the relaxed weight: the prior's curvature scale from the fitted phase
+                # (objective.adapt_curvature); a larger scale lowers the target, and the loop relaxes on to it.
+                self._curvature_adapted = True
+                self.objective.adapt_curvature(m.phase_fov())
             if not self.objective.relaxed:
                 self.objective.relax()
                 phase_opt and phase_opt.reset()
@@ -564,7 +570,9 @@ class Reconstructor:
             # shape fixed and is too optimistic along the scale/phase-scale valley).
             scale_part = np.abs(m.defocus().double().cpu().numpy()) * self.scale_sigma
             sig["defocus_m"] = np.sqrt(np.nan_to_num(sig["defocus_m"]) ** 2 + scale_part**2)
-        phase_sigma = phase_sigma_map(m, sqrt_var=obj.sqrt_var, inflation=inflation) if cfg.free.phase else None
+        phase_sigma = phase_sigma_map(
+            m, sqrt_var=obj.sqrt_var, inflation=inflation, curvature_scale=obj.curvature_scale
+        ) if cfg.free.phase else None
         return theta, sig, phase_sigma
 
     def result(self, uncertainties: bool = True) -> ReconstructionResult:
@@ -631,6 +639,8 @@ class Reconstructor:
                     "inflation": inflation,
                     "theta_c_fit_rad": float(m.theta_c()),  # the fit's own, before debiased_theta_c
                     "start_data_loss": getattr(self, "_start_loss", math.nan),
+                    # the prior's curvature scale (rad / px^2) after the empirical-Bayes re-estimate
+                    "curvature_scale": obj.curvature_scale,
                     # relative sigma of the common scale from the final check's two-point profile (NaN: not made)
                     "defocus_profile_sigma": self.defocus_profile_sigma,
                 },

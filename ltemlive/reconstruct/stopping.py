@@ -60,7 +60,10 @@ class StoppingRule:
         inflation = rec.objective.inflation(float(rec.objective.data_loss(rec.model())))
         ratios = {}
         if cfg.free.phase:
-            sigma = phase_sigma_map(rec.model, sqrt_var=rec.objective.sqrt_var, inflation=inflation)
+            sigma = phase_sigma_map(
+                rec.model, sqrt_var=rec.objective.sqrt_var, inflation=inflation,
+                curvature_scale=rec.objective.curvature_scale,
+            )
             sigma_rms = float(np.sqrt(np.mean(sigma**2)))
             change = float((now["phase"] - prev["phase"]).square().mean().sqrt())
             ratios["phase"] = change / max(sigma_rms, 1e-12)

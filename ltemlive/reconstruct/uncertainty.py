@@ -16,8 +16,8 @@ global phase scale instead of the bands, theta_c's 2-sigma covered the truth in 
 Phase (`phase_sigma_map`): the linearised (weak-object) information per spatial frequency,
 F(q) = sum_n 4 A^2 sin^2(chi_n) E_n^2 / (4 sigma^2) / kappa with sigma^2 the variance of sqrt(data),
 times the fraction of the grid the camera sees (H W / (Hp Wp) under `extend`: the margin's unknowns have no data),
-plus the regulariser read as a Gaussian prior on the curvature (2 pi q)^4 / c^2 (c =
-objective.CURVATURE_SCALE); the variance of a pixel is the mean of 1 / (F + prior) over frequencies
+plus the regulariser read as a Gaussian prior on the curvature (2 pi q)^4 / c^2 (c the fit's curvature
+scale, Objective.curvature_scale); the variance of a pixel is the mean of 1 / (F + prior) over frequencies
 (q = 0 excluded: the mean phase is arbitrary), modulated by (mean A / A(r))^2. Cheap (one pass of
 transfer functions, no autograd): the stopping rule uses it every block.
 """
@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from ltemlive.optics.transfer import effective_defocus, envelope_from, pixel_transfer
-from ltemlive.reconstruct.objective import CURVATURE_SCALE
 
 
 @torch.no_grad()
@@ -171,8 +170,9 @@ def _phase_bands(phase: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def phase_sigma_map(model, *, sqrt_var: float, inflation: float) -> np.ndarray:
-    """One-sigma map (rad) of the phase on the field of view; see the module docstring."""
+@torch.no_grad()
+def _phase_information(model, *, sqrt_var: float, inflation: float) -> torch.Tensor:
+    """F(q) of the module docstring on the (padded) grid: the data's information on each Fourier mode of the phase."""
     m = model
     im = m.im
     t = im.transfer(m.defocus(), theta_c_rad=m.theta_c(), astig=tuple(m.astig()))
@@ -186,8 +186,7 @@ def phase_sigma_map(model, *, sqrt_var: float, inflation: float) -> np.ndarray:
     e2 = t.abs().square()
     # sin^2 chi from T = E exp(-i chi): Im(T)^2 / |T|^2 (0 where E vanishes).
     sin2 = torch.where(e2 > 0, t.imag.square() / e2.clamp_min(1e-30), torch.zeros_like(e2))
-    amp = m.amplitude_fov()
-    a2 = float(amp.square().mean())
+    a2 = float(m.amplitude_fov().square().mean())
     info = (a2 * sin2 * e2).sum(dim=0) / (sqrt_var * inflation)
     if im.padding == "extend":
         # The unknowns fill the padded grid, the data only the field of view: a unit Fourier mode of the grid puts
@@ -196,10 +195,22 @@ def phase_sigma_map(model, *, sqrt_var: float, inflation: float) -> np.ndarray:
         # 85 % of the pixels within 2 sigma instead of 95 %, bench_coverage.py.)
         (h, w), (hp, wp) = im.shape, im.padded_shape
         info = info * (h * w / (hp * wp))
+    return info.double()
+
+
+def _curvature_prior(im, curvature_scale: float) -> torch.Tensor:
     q = im.grid.q * im.pixel_size_m  # cycles per pixel
-    prior = (2 * math.pi * q) ** 4 / CURVATURE_SCALE**2
-    inv = 1.0 / (info + prior).double().clamp_min(1e-30)
+    return ((2 * math.pi * q) ** 4 / curvature_scale**2).double()
+
+
+def phase_sigma_map(model, *, sqrt_var: float, inflation: float, curvature_scale: float) -> np.ndarray:
+    """One-sigma map (rad) of the phase on the field of view; see the module docstring. curvature_scale: the
+    prior's (rad / px^2), the one the fit used (Objective.curvature_scale)."""
+    m = model
+    info = _phase_information(m, sqrt_var=sqrt_var, inflation=inflation)
+    inv = 1.0 / (info + _curvature_prior(m.im, curvature_scale)).clamp_min(1e-30)
     inv[0, 0] = 0.0  # the mean phase is arbitrary
     var_px = float(inv.mean())
-    local = (a2 / amp.double().square().clamp_min(1e-6)).cpu().numpy()
+    amp = m.amplitude_fov().detach().double()
+    local = (amp.square().mean() / amp.square().clamp_min(1e-6)).cpu().numpy()
     return np.sqrt(var_px * local)
