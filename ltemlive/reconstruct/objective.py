@@ -5,7 +5,8 @@
   `reg_factor * 2 sigma^2 / (N * CURVATURE_SCALE)` with sigma^2 the variance of sqrt(data), floored at the
   level of MIN_DOSE electrons/px; it starts REG_START x larger and halves each block down to that value
   (continuation keeps the early fit out of local minima of strong phase gradients); once relaxed, the curvature
-  scale is re-estimated from the fitted phase itself (empirical Bayes, adapt_curvature) and may grow to
+  scale is re-estimated once from the fitted phase itself, after the defocus scale fits (empirical Bayes,
+  adapt_curvature), and may grow to
   MAX_CURVATURE_GAIN x CURVATURE_SCALE, so the prior weakens for strongly curved objects;
 - likelihood scale: the factor from the mean per-pixel loss to a negative log-likelihood, and the
   model-error inflation `misfit / expected misfit` (>= 1) that turns it into an honest one: a fit whose
@@ -35,8 +36,8 @@ CURVATURE_SCALE = 0.02
 # truths' tv2, the weak film 15x), and shrinkage takes from it (test size, 128^2: 0.7x on the needle and the stripes).
 # So it may only weaken the prior, and by at most 2x. Where the object is strongly curved per pixel (binned or coarsely
 # sampled: the test-size cases, 1.3-6x the default) the default prior is too strong: it cost the test-size dome and
-# needle their lead over TIE. The price: a noisy fit weakens its prior too (full-size vortex disc, 1.4x: RMSE
-# 0.135 -> 0.151 rad). docs/reconstruction.md, session 14.
+# needle their lead over TIE. A noisy fit weakens its prior too (full-size vortex disc, 1.4x: RMSE 0.135 -> 0.137
+# rad). docs/reconstruction.md, session 14.
 MAX_CURVATURE_GAIN = 2.0
 MIN_DOSE = 2000.0
 REG_START = 8.0
