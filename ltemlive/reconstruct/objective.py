@@ -4,10 +4,7 @@
 - regulariser: smoothed second-order TV (curvature; ramps cost nothing), weight
   `reg_factor * 2 sigma^2 / (N * CURVATURE_SCALE)` with sigma^2 the variance of sqrt(data), floored at the
   level of MIN_DOSE electrons/px; it starts REG_START x larger and halves each block down to that value
-  (continuation keeps the early fit out of local minima of strong phase gradients); once relaxed, the curvature
-  scale is re-estimated once from the fitted phase itself, after the defocus scale fits (empirical Bayes,
-  adapt_curvature), and may grow to
-  MAX_CURVATURE_GAIN x CURVATURE_SCALE, so the prior weakens for strongly curved objects;
+  (continuation keeps the early fit out of local minima of strong phase gradients);
 - likelihood scale: the factor from the mean per-pixel loss to a negative log-likelihood, and the
   model-error inflation `misfit / expected misfit` (>= 1) that turns it into an honest one: a fit whose
   residuals exceed the noise has less evidence for any parameter than the noise level alone suggests.
@@ -25,20 +22,12 @@ from ltemlive.reconstruct.loss import (
     expected_misfit,
     poisson_loss,
     sqrt_gaussian_loss,
-    tv2,
 )
 
 # Prior scale of the phase curvature (rad / px^2) in the MAP reading of the regulariser weight. Measured on the
-# simulator's specimens at full size (their truths' tv2: 0.0004 to 0.025).
+# simulator's specimens at full size (their truths' tv2: 0.0004 to 0.025). Re-estimating it from the fit (empirical
+# Bayes) was measured and not kept: docs/reconstruction.md, session 14.
 CURVATURE_SCALE = 0.02
-# The empirical-Bayes re-estimate may raise the scale (weaken the prior) up to this factor, never lower it. The fit's
-# curvature is not the object's: noise and model error add to it (the seven cases at full size: 1.0-2.5x their
-# truths' tv2, the weak film 15x), and shrinkage takes from it (test size, 128^2: 0.7x on the needle and the stripes).
-# So it may only weaken the prior, and by at most 2x. Where the object is strongly curved per pixel (binned or coarsely
-# sampled: the test-size cases, 1.3-6x the default) the default prior is too strong: it cost the test-size dome and
-# needle their lead over TIE. A noisy fit weakens its prior too (full-size vortex disc, 1.4x: RMSE 0.135 -> 0.137
-# rad). docs/reconstruction.md, session 14.
-MAX_CURVATURE_GAIN = 2.0
 MIN_DOSE = 2000.0
 REG_START = 8.0
 
@@ -64,10 +53,12 @@ class Objective:
         # Variance-stabilised noise variance, the same for either loss; floored because clean data still need
         # some curvature penalty to keep the fit out of the local minima of strong phase gradients.
         self.sqrt_var = max(sqrt_var, 1.0 / (4 * MIN_DOSE))
-        self.auto_weight = cfg.reg_weight == "auto"
+        # The prior's curvature scale (rad / px^2), which the phase's sigma map must share.
         self.curvature_scale = CURVATURE_SCALE
-        self._reg_per_scale = cfg.reg_factor * 2 * self.sqrt_var / data.shape[0]
-        target = self._reg_per_scale / CURVATURE_SCALE if self.auto_weight else float(cfg.reg_weight)
+        if cfg.reg_weight == "auto":
+            target = cfg.reg_factor * 2 * self.sqrt_var / (data.shape[0] * self.curvature_scale)
+        else:
+            target = float(cfg.reg_weight)
         self.reg_target = target
         # A warm start is already near the optimum: no continuation.
         self.reg_weight = target * (1.0 if warm else REG_START)
@@ -113,21 +104,6 @@ class Objective:
 
     def relax(self) -> None:
         self.reg_weight = max(self.reg_target, 0.5 * self.reg_weight)
-
-    @torch.no_grad()
-    def adapt_curvature(self, phase_fov: torch.Tensor) -> bool:
-        """Empirical Bayes: the prior's curvature scale from the curvature of a phase fitted at the relaxed weight,
-        between CURVATURE_SCALE and MAX_CURVATURE_GAIN times it. Lowers the target weight (the caller relaxes to it)
-        and returns True when the scale grew; a user-set weight is never changed."""
-        if not self.auto_weight or self.regularizer is None:
-            return False
-        seen = float(tv2(phase_fov.double()))
-        scale = min(max(seen, CURVATURE_SCALE), MAX_CURVATURE_GAIN * CURVATURE_SCALE)
-        if scale <= self.curvature_scale * (1 + 1e-6):
-            return False
-        self.curvature_scale = scale
-        self.reg_target = self._reg_per_scale / scale
-        return True
 
     # -- likelihood scale -----------------------------------------------------------------------------
     def n_pixels(self) -> int:

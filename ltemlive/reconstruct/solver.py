@@ -227,7 +227,6 @@ class Reconstructor:
         cfg, m = self.cfg, self.model
         self._defocus_on = False
         self._theta_on = False
-        self._curvature_adapted = False
         self._inflation = 1.0
         yield self._record("start")
         self._start_state = self._save_state()
@@ -304,14 +303,6 @@ class Reconstructor:
             yield snap
             if budget_left() <= 0:
                 break
-            if self.objective.relaxed and not scale_ranges and phase_opt is not None and not self._curvature_adapted:
-                # Once, after a block at the relaxed weight and the defocus scale fits: the prior's curvature
-                # scale from the fitted phase (objective.adapt_curvature); a larger scale lowers the target, and
-                # the loop relaxes on to it. After the scale fits, because the curvature's prior is part of what
-                # holds the defocus scale: adapted before them, the defocus check's 96^2 disc
-                # (tests/test_check_defocus.py) read a scale of 1.187 instead of 1.095 (true 1.10).
-                self._curvature_adapted = True
-                self.objective.adapt_curvature(m.phase_fov())
             if not self.objective.relaxed:
                 self.objective.relax()
                 phase_opt and phase_opt.reset()
@@ -642,8 +633,6 @@ class Reconstructor:
                     "inflation": inflation,
                     "theta_c_fit_rad": float(m.theta_c()),  # the fit's own, before debiased_theta_c
                     "start_data_loss": getattr(self, "_start_loss", math.nan),
-                    # the prior's curvature scale (rad / px^2) after the empirical-Bayes re-estimate
-                    "curvature_scale": obj.curvature_scale,
                     # relative sigma of the common scale from the final check's two-point profile (NaN: not made)
                     "defocus_profile_sigma": self.defocus_profile_sigma,
                 },
