@@ -170,9 +170,9 @@ def _phase_bands(phase: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-@torch.no_grad()
-def _phase_information(model, *, sqrt_var: float, inflation: float) -> torch.Tensor:
-    """F(q) of the module docstring on the (padded) grid: the data's information on each Fourier mode of the phase."""
+def phase_sigma_map(model, *, sqrt_var: float, inflation: float, curvature_scale: float) -> np.ndarray:
+    """One-sigma map (rad) of the phase on the field of view; see the module docstring. curvature_scale: the
+    prior's (rad / px^2), the one the fit used (Objective.curvature_scale)."""
     m = model
     im = m.im
     t = im.transfer(m.defocus(), theta_c_rad=m.theta_c(), astig=tuple(m.astig()))
@@ -186,7 +186,8 @@ def _phase_information(model, *, sqrt_var: float, inflation: float) -> torch.Ten
     e2 = t.abs().square()
     # sin^2 chi from T = E exp(-i chi): Im(T)^2 / |T|^2 (0 where E vanishes).
     sin2 = torch.where(e2 > 0, t.imag.square() / e2.clamp_min(1e-30), torch.zeros_like(e2))
-    a2 = float(m.amplitude_fov().square().mean())
+    amp = m.amplitude_fov()
+    a2 = float(amp.square().mean())
     info = (a2 * sin2 * e2).sum(dim=0) / (sqrt_var * inflation)
     if im.padding == "extend":
         # The unknowns fill the padded grid, the data only the field of view: a unit Fourier mode of the grid puts
@@ -195,22 +196,10 @@ def _phase_information(model, *, sqrt_var: float, inflation: float) -> torch.Ten
         # 85 % of the pixels within 2 sigma instead of 95 %, bench_coverage.py.)
         (h, w), (hp, wp) = im.shape, im.padded_shape
         info = info * (h * w / (hp * wp))
-    return info.double()
-
-
-def _curvature_prior(im, curvature_scale: float) -> torch.Tensor:
     q = im.grid.q * im.pixel_size_m  # cycles per pixel
-    return ((2 * math.pi * q) ** 4 / curvature_scale**2).double()
-
-
-def phase_sigma_map(model, *, sqrt_var: float, inflation: float, curvature_scale: float) -> np.ndarray:
-    """One-sigma map (rad) of the phase on the field of view; see the module docstring. curvature_scale: the
-    prior's (rad / px^2), the one the fit used (Objective.curvature_scale)."""
-    m = model
-    info = _phase_information(m, sqrt_var=sqrt_var, inflation=inflation)
-    inv = 1.0 / (info + _curvature_prior(m.im, curvature_scale)).clamp_min(1e-30)
+    prior = (2 * math.pi * q) ** 4 / curvature_scale**2
+    inv = 1.0 / (info + prior).double().clamp_min(1e-30)
     inv[0, 0] = 0.0  # the mean phase is arbitrary
     var_px = float(inv.mean())
-    amp = m.amplitude_fov().detach().double()
-    local = (amp.square().mean() / amp.square().clamp_min(1e-6)).cpu().numpy()
+    local = (a2 / amp.double().square().clamp_min(1e-6)).cpu().numpy()
     return np.sqrt(var_px * local)
