@@ -28,7 +28,9 @@ CAPS = {"weak_phase_absorbing": 150}
 NOT_YET = {
     ("dome_island", "rmse"): "AD 0.228 vs TIE 0.212 rad (session 11, theta_c held at its true nominal; 0.288 with "
     "theta_c free to fit the noise, at 0.45x; 0.230 on an AMD EPYC, session 14); at full size AD wins, 0.079 vs 0.088. "
-    "A curvature prior re-estimated from the fit won here (0.196) but cost the paper-like case: docs/reconstruction.md",
+    "A curvature prior re-estimated from the fit won here (0.196) but cost the paper-like case "
+    "(docs/reconstruction.md). At the default cap of 400 (session 16): 0.192 / 0.170 / 0.187 vs TIE "
+    "0.212 / 0.190 / 0.082 at seeds 0-2",
     ("magnetic_needle", "rmse"): "AD 2.60 vs TIE 2.07 rad at seed 0 (session 11), 2.11 vs 1.49 at seed 1 (5.3-6.1 "
     "before the margin bridged the edges; at full size AD now wins: 0.68 vs 1.47, 0.83 vs 2.48): the images barely "
     "see the stray field's harmonic part",
