@@ -240,6 +240,12 @@ class SeriesModel(torch.nn.Module):
         return bridged_margin(fov, self.im) if self.bridged else self.im.pad(fov)
 
     @torch.no_grad()
+    def set_amplitude0(self, amplitude_fov: torch.Tensor) -> None:
+        """Replace the starting amplitude (field of view, padded as at construction); the fitted part `a` stays."""
+        a = amplitude_fov.to(self.amplitude0.device, self.amplitude0.dtype)
+        self.amplitude0.copy_(a if a.shape == self.amplitude0.shape else self.im.pad(a))
+
+    @torch.no_grad()
     def set_phase(self, phase: torch.Tensor) -> None:
         """Restart the phase from `phase` (on the model's grid, or on the field of view: then padded)."""
         if phase.shape != self.phase0.shape:
