@@ -39,7 +39,7 @@ from ltemlive.reconstruct.config import ReconstructionConfig
 from ltemlive.reconstruct.lbfgs import GroupOptimiser
 from ltemlive.reconstruct.objective import Objective
 from ltemlive.reconstruct.result import ReconstructionResult, Snapshot
-from ltemlive.reconstruct.start import StartBuilder, refresh_amplitude, register_to_model
+from ltemlive.reconstruct.start import StartBuilder, register_to_model
 from ltemlive.reconstruct.stopping import StoppingRule
 from ltemlive.reconstruct.uncertainty import debiased_theta_c, parameter_uncertainty, phase_sigma_map
 from ltemlive.reconstruct.vortices import plaquettes_inside, remove_vortices, residue_count
@@ -293,7 +293,6 @@ class Reconstructor:
             yield self._record("warm-up")
             if cfg.free.shifts:
                 register_to_model(m, self.data, self.series.defocus_m, max_shift)
-                refresh_amplitude(m, self.data, self.series.defocus_m)
                 phase_opt.reset()
 
         retries = 0
@@ -354,18 +353,17 @@ class Reconstructor:
 
     @torch.no_grad()
     def _reregister(self, max_shift_px: float) -> bool:
-        """Register the images again to the fit's predictions (and rebuild the starting amplitude from the images
-        so aligned), kept only if the data loss falls. Called when the regulariser relaxes and after each scale
-        fit. The shifts, the phase's ramp and the phase are coupled: once the phase has followed a wrong start,
-        moving them back together is a slow mode for the gradient (the stopping rule saw nothing move), while a
-        cross-correlation with a better prediction jumps there (paper-like case, seed 23: 0.15 px left on the
-        shifts and a 1 rad ramp across the field at the cap, accuracy 0.951; registered again, 0.989)."""
+        """Register the images again to the fit's predictions (register_to_model also rebuilds the starting
+        amplitude from the images so aligned), kept only if the data loss falls. Called when the regulariser relaxes
+        and after each scale fit. The shifts, the phase's ramp and the phase are coupled: once the phase has followed
+        a wrong start, moving them back together is a slow mode for the gradient (the stopping rule saw nothing
+        move), while a cross-correlation with a better prediction jumps there (paper-like case, seed 23: 0.15 px
+        left on the shifts and a 1 rad ramp across the field at the cap, accuracy 0.951; registered again, 0.989)."""
         m = self.model
         if not self.cfg.free.shifts or self._phase_opt is None:
             return False
         before, s0, a0 = self._data_loss(), m.s.detach().clone(), m.amplitude0.clone()
         register_to_model(m, self.data, self.series.defocus_m, max_shift_px)
-        refresh_amplitude(m, self.data, self.series.defocus_m)
         if self._data_loss() < before:
             self.reregistrations += 1
             for opt in self._optimisers:

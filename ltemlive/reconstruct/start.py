@@ -68,9 +68,10 @@ def init_scales(model: SeriesModel, data: torch.Tensor) -> None:
 
 @torch.no_grad()
 def register_to_model(model: SeriesModel, data: torch.Tensor, nominal_m: np.ndarray, max_shift_px: float) -> None:
-    """Correct each image's shift by cross-correlating it with the model's prediction of it. The part of the
-    correction linear in defocus is dropped by the shift projection: at this precision it is registration noise
-    (turned into a ramp it cost a noisy 128^2 series 0.4 rad); the phase's explicit ramp fits it if the data want."""
+    """Correct each image's shift by cross-correlating it with the model's prediction of it, then rebuild the
+    starting amplitude from the images so aligned (_refresh_amplitude). The part of the correction linear in defocus
+    is dropped by the shift projection: at this precision it is registration noise (turned into a ramp it cost a
+    noisy 128^2 series 0.4 rad); the phase's explicit ramp fits it if the data want."""
     m = model
     pred = m().cpu().numpy()
     d = data.cpu().numpy()
@@ -79,10 +80,10 @@ def register_to_model(model: SeriesModel, data: torch.Tensor, nominal_m: np.ndar
         if i != m.reference:
             delta[i] = prepare.cross_correlation_shift(d[i], pred[i], max_shift_px)
     m.s.add_(torch.as_tensor(delta, dtype=m.s.dtype, device=m.s.device))
+    _refresh_amplitude(m, d, nominal_m)
 
 
-@torch.no_grad()
-def refresh_amplitude(model: SeriesModel, data: torch.Tensor, nominal_m: np.ndarray) -> None:
+def _refresh_amplitude(model: SeriesModel, data: np.ndarray, nominal_m: np.ndarray) -> None:
     """The starting amplitude again, from the images aligned by the model's current shifts. Without an in-focus
     image it is the mean of the innermost +-df pair, so the registration it was made with is in it: a pair 1.7 px
     apart made a doubled amplitude that stayed (the amplitude is not refined by default), and the phase's ramp and
@@ -91,8 +92,9 @@ def refresh_amplitude(model: SeriesModel, data: torch.Tensor, nominal_m: np.ndar
 
     Not judged by the data loss at once: the phase has adapted to the old amplitude, so the loss right after the
     change favours the old one (judged so, the 192^2 pattern kept its 0.3 px shifts; the paper-like case ended at
-    0.984). The callers judge the whole step: the start's candidates by their misfit, a re-registration by the loss."""
-    aligned = prepare.fourier_shift(data.cpu().numpy(), -model.shifts().cpu().numpy())
+    0.984). The callers of register_to_model judge the whole step: the start's candidates by their misfit, a
+    re-registration by the loss."""
+    aligned = prepare.fourier_shift(data, -model.shifts().cpu().numpy())
     model.set_amplitude0(torch.as_tensor(prepare.starting_amplitude(aligned, nominal_m)))
 
 
@@ -174,7 +176,6 @@ class StartBuilder:
             init_scales(model, rec.data)
             if free_shifts:
                 register_to_model(model, rec.data, nominal, 16.0)
-                refresh_amplitude(model, rec.data, nominal)
                 init_scales(model, rec.data)
             with torch.no_grad():
                 return model, float(rec.objective.data_loss(model()))
