@@ -358,11 +358,27 @@ def test_objective_uses_fused_path_while_optics_frozen(padding, coherence, dose)
 
 def _tv2_plain(phase, eps=1e-3):
     """tv2 written as plain slices, for autograd to differentiate (what loss.tv2's backward replaces)."""
-    pxx = phase[:, 2:] - 2 * phase[:, 1:-1] + phase[:, :-2]
-    pyy = phase[2:, :] - 2 * phase[1:-1, :] + phase[:-2, :]
-    pxy = phase[1:, 1:] - phase[1:, :-1] - phase[:-1, 1:] + phase[:-1, :-1]
-    s = pxx[1:-1, :].square() + pyy[:, 1:-1].square() + 2 * pxy[:-1, :-1].square() + eps**2
+    from ltemlive.reconstruct.loss import TRACE_FREE_WEIGHT as w
+
+    pxx = (phase[:, 2:] - 2 * phase[:, 1:-1] + phase[:, :-2])[1:-1, :]
+    pyy = (phase[2:, :] - 2 * phase[1:-1, :] + phase[:-2, :])[:, 1:-1]
+    pxy = (phase[1:, 1:] - phase[1:, :-1] - phase[:-1, 1:] + phase[:-1, :-1])[:-1, :-1]
+    s = 0.5 * (pxx + pyy).square() + w * (0.5 * (pxx - pyy).square() + 2 * pxy.square()) + eps**2
     return s.sqrt().mean() - eps
+
+
+def test_tv2_charges_the_trace_free_curvature_at_its_weight():
+    """A harmonic phase (x^2 - y^2: no Laplacian, what a stray field in vacuum has) costs sqrt(w) of a paraboloid of
+    the same curvature magnitudes (x^2 + y^2: what the images see as TIE contrast); a ramp costs nothing."""
+    from ltemlive.reconstruct.loss import TRACE_FREE_WEIGHT, tv2
+
+    y, x = torch.meshgrid(torch.arange(12.0, dtype=torch.float64), torch.arange(12.0, dtype=torch.float64),
+                          indexing="ij")
+    harmonic, bowl = float(tv2(x**2 - y**2, 0.0)), float(tv2(x**2 + y**2, 0.0))
+    assert bowl == pytest.approx(8**0.5)  # L = 4: sqrt(L^2 / 2)
+    assert harmonic == pytest.approx(TRACE_FREE_WEIGHT**0.5 * bowl)
+    assert 0 < TRACE_FREE_WEIGHT < 1
+    assert float(tv2(0.3 * x - 0.7 * y, 0.0)) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(9, 13), (3, 3), (16, 5)])

@@ -326,3 +326,27 @@ def test_noise_floor_follows_a_camera_that_smooths_its_noise():
     smooth = ndimage.uniform_filter(raw, size=(1, 2, 2), mode="wrap")
     blurred = Objective(torch.as_tensor(smooth, dtype=torch.float32), dose, cfg)
     assert blurred.noise_floor() < 0.6 / (2 * dose)
+
+
+@pytest.mark.parametrize(("fit", "nominal", "steps", "expected"), [
+    (0.75e-5, 1e-5, [8.27, 4.33, 2.06, 0.87], 1e-5),  # the test-size needle: lowered, then pushed to 2.49x
+    (0.58e-5, 0.3e-5, [0.3, 0.16, 0.05, 0.0], 0.58e-5 * math.exp(0.51)),  # a large correction away from the nominal
+    (1.10e-5, 1e-5, [0.05, 0.01, 0.0005], 1.10e-5 * math.exp(0.0605)),  # a small correction passes unchanged
+    (1.10e-5, 1e-5, [-0.3, -0.3], 1e-5),  # never across the nominal from above either
+])
+def test_debiased_theta_c_corrects_size_not_sign(monkeypatch, fit, nominal, steps, expected):
+    """The debiasing corrects the size of the departure the final check accepted, never its sign."""
+    import torch
+
+    import ltemlive.reconstruct.uncertainty as unc
+
+    it = iter(steps)
+    monkeypatch.setattr(unc, "parameter_uncertainty", lambda *a, **k: {"log_theta_step": next(it, 0.0)})
+
+    class Model:
+        def theta_c(self):
+            return torch.tensor(fit, dtype=torch.float64)
+
+    got = unc.debiased_theta_c(Model(), data=None, kind="poisson", dose=None, mask=None, inflation=1.0,
+                               nominal=nominal)
+    assert got == pytest.approx(expected, rel=1e-9)

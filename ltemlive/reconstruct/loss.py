@@ -43,8 +43,23 @@ def _mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (x * m).sum() / (m.sum() * x.shape[0])
 
 
+# Weight of the curvature's trace-free part against its trace (the Laplacian) in tv2. The images see the Laplacian
+# (TIE contrast, lambda df laplacian(phi) / 2 pi); the trace-free part (phi_xx - phi_yy, 2 phi_xy) is what a harmonic
+# phase has -- a stray field in vacuum, the part of a large smooth magnetic phase the images barely see. Charged in
+# full (the Hessian's Frobenius norm), the prior flattened the unseen stray field of the test-size needle (AD 2.62 rad
+# vs TIE 2.07) and held back the dome's and the vortices' smooth phase. 0.25 from a sweep over 0-1 on the seven cases
+# (docs/reconstruction.md, session 18). On a periodic grid the two parts' squares integrate to the same (Parseval), so
+# the weight changes the prior only through its L1 form and at the field's edges.
+TRACE_FREE_WEIGHT = 0.25
+# root^2 of a plane wave of unit curvature (the Gaussian reading of the prior in uncertainty.phase_sigma_map):
+# L^2 / 2 + w |T|^2 / 2 with |L| = |T| = 1.
+PLANE_WAVE_NORM = (1.0 + TRACE_FREE_WEIGHT) / 2
+
+
 def tv2(phase: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Smoothed second-order total variation: mean sqrt(phi_xx^2 + phi_yy^2 + 2 phi_xy^2 + eps^2) - eps.
+    """Smoothed second-order total variation: mean sqrt(L^2 / 2 + w (D^2 / 2 + 2 phi_xy^2) + eps^2) - eps, with
+    L = phi_xx + phi_yy (the Laplacian), D = phi_xx - phi_yy and w = TRACE_FREE_WEIGHT (w = 1: the Hessian's
+    Frobenius norm, sqrt(phi_xx^2 + phi_yy^2 + 2 phi_xy^2)).
 
     Curvature, not slope, is penalised: linear phase ramps (uniform in-plane induction) cost nothing,
     which first-order TV gets wrong on large smooth magnetic phases. Units: rad / px^2. The mean runs over the
@@ -54,12 +69,13 @@ def tv2(phase: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
 
 
 def _tv2_terms(phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """phi_xx, phi_yy (centred) and phi_xy (forward) on the interior grid, (H - 2, W - 2) each."""
+    """L / sqrt 2, D / sqrt 2 (from the centred phi_xx, phi_yy) and phi_xy (forward) on the interior grid."""
     c = phase[1:-1, 1:-1]
     pxx = phase[1:-1, 2:] + phase[1:-1, :-2] - 2 * c
     pyy = phase[2:, 1:-1] + phase[:-2, 1:-1] - 2 * c
     pxy = c - phase[1:-1, :-2] - phase[:-2, 1:-1] + phase[:-2, :-2]
-    return pxx, pyy, pxy
+    r = 0.5**0.5
+    return (pxx + pyy).mul_(r), (pxx - pyy).mul_(r), pxy
 
 
 class _TV2(torch.autograd.Function):
@@ -68,18 +84,25 @@ class _TV2(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, phase: torch.Tensor, eps: float) -> torch.Tensor:
-        pxx, pyy, pxy = _tv2_terms(phase)
-        root = (pxx.square() + pyy.square()).addcmul_(pxy, pxy, value=2.0).add_(eps * eps).sqrt_()
-        ctx.save_for_backward(pxx, pyy, pxy, root)
+        lap, dif, pxy = _tv2_terms(phase)
+        w = TRACE_FREE_WEIGHT
+        free = dif.square().addcmul_(pxy, pxy, value=2.0).mul_(w)
+        root = lap.square().add_(free).add_(eps * eps).sqrt_()
+        ctx.save_for_backward(lap, dif, pxy, root)
         ctx.grid = phase.shape
         return root.mean() - eps
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        pxx, pyy, pxy, root = ctx.saved_tensors
+        lap, dif, pxy, root = ctx.saved_tensors
+        w = TRACE_FREE_WEIGHT
         g = root.reciprocal().mul_(grad_out / root.numel())  # d mean(root) / d s_k = 1 / (2 root N)
-        a, b, c = pxx * g, pyy * g, (pxy * g).mul_(2.0)  # the saved tensors stay intact for a repeated backward
+        # d root / d phi_xx = (L / sqrt 2 + w D / sqrt 2) / (sqrt 2 root), d / d phi_yy the same with -w D,
+        # d / d phi_xy = 2 w phi_xy / root (the saved tensors stay intact for a repeated backward).
+        r = 0.5**0.5
+        lg, dg = lap * g, (dif * g).mul_(w)
+        a, b, c = (lg + dg).mul_(r), (lg - dg).mul_(r), (pxy * g).mul_(2.0 * w)
         out = a.new_zeros(ctx.grid)
         centre = out[1:-1, 1:-1]
         centre.sub_(a, alpha=2.0).sub_(b, alpha=2.0).add_(c)

@@ -579,7 +579,7 @@ class Reconstructor:
             # The fit's theta_c makes up for the regulariser's damping of the phase's fine detail: report the
             # value the data give with the band contrasts free (uncertainty.debiased_theta_c).
             theta = debiased_theta_c(m, data=self.data, kind=obj.kind, dose=obj.dose, mask=obj.mask,
-                                     inflation=inflation)
+                                     inflation=inflation, nominal=self.series.microscope.theta_c_rad)
         sig = parameter_uncertainty(
             m, data=self.data, kind=obj.kind, dose=obj.dose, mask=obj.mask, free_defocus=free_df,
             theta_c=cfg.free.theta_c, inflation=inflation, theta_c_rad=theta,
