@@ -90,6 +90,9 @@ def test_a_blanked_beam_is_refused(tmp_path, capsys):
     flat = np.ones((3, 32, 32))
     r = measure(flat, [-1e-3, 0, 1e-3], 10e-9, 200e3)
     assert r.exit_code == EXIT_INCONCLUSIVE and r.sign == 0
+    # --json prints strict JSON: what was not measured is null, not NaN
+    text = json.dumps(r.as_dict(), allow_nan=False)
+    assert json.loads(text)["scale"] is None
 
 
 def test_the_check_module_stays_off_the_service_roles():

@@ -69,7 +69,8 @@ class DefocusCheck:
     exit_code: int
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, with a value that was not measured (NaN, or an infinite sigma) as None: strict JSON."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
     def report(self) -> str:
         sign = {1: "same as the convention (df > 0 over-focus)", -1: "REVERSED", 0: "not measured"}[self.sign]
