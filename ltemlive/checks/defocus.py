@@ -162,25 +162,25 @@ def scale_profile(series, around: float) -> tuple[float, float, list[tuple[float
     from ltemlive.series import Series
 
     cfg = ReconstructionConfig(free={"defocus": False}, max_iter=PROFILE_ITER)
-    losses: dict[float, float] = {}
+    losses: dict[int, float] = {}  # trial k (scale around + k PROFILE_STEP) -> its data loss
     objective = None
 
     def trial(k: int) -> float:
         nonlocal objective
-        g = round(around + k * PROFILE_STEP, 6)
-        if g not in losses:
+        if k not in losses:
+            g = round(around + k * PROFILE_STEP, 6)
             trial_series = Series(images=series.images, defocus_m=series.defocus_m * g,
                                   pixel_size_m=series.pixel_size_m, microscope=series.microscope)
             rec = Reconstructor(trial_series, cfg)
-            losses[g] = float(rec.run().history[-1]["data_loss"])
+            losses[k] = float(rec.run().history[-1]["data_loss"])
             objective = rec.objective
-        return losses[g]
+        return losses[k]
 
     lo, hi = -PROFILE_HALF, PROFILE_HALF
     for k in range(lo, hi + 1):
         trial(k)
     while True:  # walk the window while the best trial is at one of its ends
-        best = min(range(lo, hi + 1), key=lambda k: losses[round(around + k * PROFILE_STEP, 6)])
+        best = min(range(lo, hi + 1), key=trial)
         if best == lo and around + (lo - 1) * PROFILE_STEP >= PROFILE_RANGE[0]:
             lo -= 1
             trial(lo)
@@ -189,7 +189,7 @@ def scale_profile(series, around: float) -> tuple[float, float, list[tuple[float
             trial(hi)
         else:
             break
-    profile = sorted(losses.items())
+    profile = [(round(around + k * PROFILE_STEP, 6), losses[k]) for k in sorted(losses)]
     if best in (lo, hi):  # at the edge of the allowed range: no vertex to fit
         return around + best * PROFILE_STEP, math.inf, profile
     inflation = objective.inflation(min(losses.values()))

@@ -54,6 +54,7 @@ TRACE_FREE_WEIGHT = 0.25
 # root^2 of a plane wave of unit curvature (the Gaussian reading of the prior in uncertainty.phase_sigma_map):
 # L^2 / 2 + w |T|^2 / 2 with |L| = |T| = 1.
 PLANE_WAVE_NORM = (1.0 + TRACE_FREE_WEIGHT) / 2
+_R2 = 0.5**0.5  # 1 / sqrt 2: L and D enter tv2 as L / sqrt 2, D / sqrt 2
 
 
 def tv2(phase: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -74,8 +75,7 @@ def _tv2_terms(phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     pxx = phase[1:-1, 2:] + phase[1:-1, :-2] - 2 * c
     pyy = phase[2:, 1:-1] + phase[:-2, 1:-1] - 2 * c
     pxy = c - phase[1:-1, :-2] - phase[:-2, 1:-1] + phase[:-2, :-2]
-    r = 0.5**0.5
-    return (pxx + pyy).mul_(r), (pxx - pyy).mul_(r), pxy
+    return (pxx + pyy).mul_(_R2), (pxx - pyy).mul_(_R2), pxy
 
 
 class _TV2(torch.autograd.Function):
@@ -100,9 +100,8 @@ class _TV2(torch.autograd.Function):
         g = root.reciprocal().mul_(grad_out / root.numel())  # d mean(root) / d s_k = 1 / (2 root N)
         # d root / d phi_xx = (L / sqrt 2 + w D / sqrt 2) / (sqrt 2 root), d / d phi_yy the same with -w D,
         # d / d phi_xy = 2 w phi_xy / root (the saved tensors stay intact for a repeated backward).
-        r = 0.5**0.5
         lg, dg = lap * g, (dif * g).mul_(w)
-        a, b, c = (lg + dg).mul_(r), (lg - dg).mul_(r), (pxy * g).mul_(2.0 * w)
+        a, b, c = (lg + dg).mul_(_R2), (lg - dg).mul_(_R2), (pxy * g).mul_(2.0 * w)
         out = a.new_zeros(ctx.grid)
         centre = out[1:-1, 1:-1]
         centre.sub_(a, alpha=2.0).sub_(b, alpha=2.0).add_(c)
